@@ -25,6 +25,7 @@ typedef struct pyipc_ring pyipc_ring;
 struct pyipc_ring_info {
 	uint64_t capacity;         /* bytes of record space (a power of two) */
 	uint64_t max_message_size; /* largest message that always fits */
+	uint64_t max_messages;     /* bound on queued messages, 0: none */
 	uint64_t messages;         /* queued now */
 	uint64_t bytes_used;       /* record bytes queued now, headers included */
 	uint64_t puts;
@@ -39,8 +40,11 @@ struct pyipc_ring_info {
 	int32_t creator_pid;
 };
 
-/* Create a new segment (O_EXCL, permission bits exactly mode). */
-int pyipc_ring_create(const char *name, uint64_t capacity, uint32_t mode, pyipc_ring **out);
+/* Create a new segment (O_EXCL, permission bits exactly mode); capacity is
+ * rounded up to a power of two; max_messages bounds the number of queued
+ * messages (0: only bytes bound it). */
+int pyipc_ring_create(const char *name, uint64_t capacity, uint64_t max_messages, uint32_t mode,
+		      pyipc_ring **out);
 /* Attach to an existing segment, validating everything in its header. */
 int pyipc_ring_attach(const char *name, pyipc_ring **out);
 /* Unmap; waits for calls in other threads to leave; idempotent. */
@@ -52,6 +56,7 @@ int pyipc_ring_unlink(const char *name);
 
 uint64_t pyipc_ring_capacity(const pyipc_ring *r);
 uint64_t pyipc_ring_max_message_size(const pyipc_ring *r);
+uint64_t pyipc_ring_max_messages(const pyipc_ring *r);
 
 /* Enqueue one message; *seq gets its sequence number (for wait_consumed). */
 int pyipc_ring_put(pyipc_ring *r, const void *data, size_t len, int64_t deadline, uint64_t *seq);
@@ -74,7 +79,9 @@ int pyipc_ring_wait(pyipc_ring *r, int for_space, uint64_t need, int64_t deadlin
 int pyipc_ring_shutdown(pyipc_ring *r, int immediate);
 /* Messages queued now (no lock; a snapshot). */
 int64_t pyipc_ring_qsize(pyipc_ring *r);
-/* A consistent snapshot of the header. */
+/* A snapshot of the header. */
 int pyipc_ring_info(pyipc_ring *r, struct pyipc_ring_info *out);
+/* Walk and validate every queued record; returns how many, or -EBADMSG. */
+int64_t pyipc_ring_check(pyipc_ring *r);
 
 #endif
