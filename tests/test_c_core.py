@@ -52,8 +52,8 @@ THREADED = [
 KNOWN_BUGS = {
     "empty_message_null_buffer": (
         "ring.c copy_in()/copy_out() call memcpy() with a NULL pointer when an empty message "
-        "moves through an empty buffer (an empty array.array has a NULL buffer): "
-        "undefined behaviour that UBSan reports"
+        "moves through a NULL buffer of size 0 (C callers only: cffi's from_buffer never "
+        "passes NULL): undefined behaviour that UBSan reports"
     ),
     "scribbled_lock_links": (
         "glibc keeps a robust mutex's robust-list links inside the mutex, i.e. in the shared "

@@ -396,7 +396,7 @@ static void test_empty_messages(void)
 	pyipc_ring_free(r);
 }
 
-/* an empty message moves through NULL buffers of size 0 (an empty array.array has one). */
+/* an empty message moves through NULL buffers of size 0, as C allows for zero-length data. */
 static void test_empty_message_null_buffer(void)
 {
 	pyipc_ring *r = make(64, 0);
