@@ -370,7 +370,7 @@ def test_kill_putters_asleep_on_full_ring(shm_name: Callable[[], str], children:
     """Producers killed while asleep in put on a full ring leave it working, contents intact."""
     with RingBuffer(shm_name(), create=True, capacity=1 << 16) as ring:
         for trial in range(3):
-            mine = []
+            mine: List[Tuple[int, int]] = []
             # Fill it up to the last byte a record of theirs could use: big
             # messages first, then the smallest they send (a bare header).
             for n in (1000, 0):
