@@ -65,6 +65,9 @@ struct pyipc_chan {
 	uint8_t whdr[FRAME_HDR];
 	uint64_t wpos; /* frame bytes already written */
 	const char *wdata; /* the message being written: only it may resume */
+	/* A small frame is copied here and written with one write(): cheaper
+	 * than writev of two pieces.  Large ones go straight from the caller. */
+	uint8_t wsmall[FRAME_HDR + 1024];
 	size_t wlen;
 };
 

@@ -99,6 +99,14 @@ def _wrap(rfd: int, wfd: int, kind: int) -> Any:
     return ffi.gc(out[0], lib.pyipc_chan_free)
 
 
+def _writable(buffer: Any) -> Any:
+    try:
+        return ffi.from_buffer("char[]", buffer, require_writable=True)
+    except BufferError:
+        # What socket.recv_into raises for a read-only buffer.
+        raise TypeError("recv_into needs a writable bytes-like object") from None
+
+
 class ChannelBase:
     """Shared implementation of the ``Channel`` protocol over a C handle.
 
@@ -308,7 +316,7 @@ class ChannelBase:
         h = self._h
         if h is None or self._rfd < 0:
             h = self._check(self._rfd >= 0, "receive")
-        p = ffi.from_buffer("char[]", buffer, require_writable=True)
+        p = _writable(buffer)
         dl = FOREVER if timeout is None else channel_deadline(timeout)
         recv = lib.pyipc_chan_recv
         n = recv(h, p, len(p), ffi.NULL, dl)
@@ -381,7 +389,7 @@ class ChannelBase:
     async def recv_async(self) -> bytes:
         """Receive one message, awaiting it with the event loop (never
         blocking it).  Raises what ``recv`` raises, except ``TimeoutError``."""
-        data, _ = await self._recv_async(None)
+        data, _ = await self._recv_async(ffi.NULL)
         return data
 
     async def _recv_async(self, prio: Any) -> Tuple[bytes, Any]:
