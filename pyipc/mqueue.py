@@ -149,7 +149,7 @@ class MessageQueue(ChannelBase):
 
     # ---- send / receive ----
 
-    def send(self, data: Any, timeout: Optional[float] = None, priority: int = 0) -> None:  # type: ignore[override]
+    def send(self, data: Any, timeout: Optional[float] = None, priority: int = 0) -> None:
         """Send one message with ``priority`` (0 lowest, below
         ``/proc/sys/fs/mqueue``'s 32768).  Raises ``MessageTooLarge`` if it
         is longer than ``max_message_size``, ``TimeoutError`` if the queue
@@ -228,7 +228,7 @@ class MessageQueue(ChannelBase):
         m[: len(data)] = data
         return len(data)
 
-    async def send_async(self, data: Any, priority: int = 0) -> None:  # type: ignore[override]
+    async def send_async(self, data: Any, priority: int = 0) -> None:
         """Send one message, awaiting room with the event loop."""
         await self._send_async(data, priority)
 

@@ -34,7 +34,7 @@ PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 def _kind(kind: str, allowed: Sequence[str]) -> int:
     if kind not in allowed:
         raise ValueError(f"kind must be one of {', '.join(map(repr, allowed))}, not {kind!r}")
-    return _KINDS[kind]
+    return int(_KINDS[kind])
 
 
 def _sock_path(path: PathLike) -> bytes:
@@ -207,7 +207,7 @@ class UnixListener:
         self._kind = k
         self.kind = kind
         self.path: Union[str, bytes] = path if isinstance(path, (str, bytes)) else os.fsdecode(p)
-        self._fd = fd[0]
+        self._fd = int(fd[0])
         try:
             self._h = ChannelBase(fd[0], -1, LISTENER, os.fsdecode(p))
         except BaseException:
