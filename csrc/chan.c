@@ -509,7 +509,17 @@ static int pkt_send(struct pyipc_chan *c, const char *data, size_t len, const in
 	iov[n].iov_base = (void *)data;
 	iov[n++].iov_len = len;
 	for (;;) {
-		w = sock_send(c->wfd, iov, n, fds, nfds);
+		/* send() is measurably cheaper than sendmsg(): use it for the
+		 * common message without descriptors, in one piece. */
+		if (nfds == 0 && n == 1) {
+			w = send(c->wfd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		} else if (nfds == 0 && len < sizeof(c->wsmall)) {
+			c->wsmall[0] = tag;
+			memcpy(c->wsmall + 1, data, len);
+			w = send(c->wfd, c->wsmall, len + 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		} else {
+			w = sock_send(c->wfd, iov, n, fds, nfds);
+		}
 		if (w >= 0)
 			return 0;
 		if (errno == EINTR)
@@ -551,6 +561,20 @@ static int64_t pkt_recv(struct pyipc_chan *c, char *buf, uint64_t cap, int *fds,
 				atomic_store(&c->need, (uint64_t)r - tagn);
 				return -EMSGSIZE;
 			}
+		}
+		if (!tagn && !fds) {
+			/* A datagram whose descriptors nobody asked for: recv()
+			 * (cheaper than recvmsg), and the kernel closes any. */
+			r = recv(c->rfd, buf, cap, MSG_DONTWAIT | MSG_TRUNC);
+			if (r < 0)
+				goto fail;
+			if (nfds)
+				*nfds = 0;
+			if ((uint64_t)r > cap) {
+				atomic_store(&c->need, (uint64_t)r);
+				return -EMSGSIZE;
+			}
+			return r;
 		}
 		n = 0;
 		if (tagn) {

@@ -7,8 +7,8 @@
  * monotonic.  Each call waits at most one slice, converted to a realtime
  * instant just before the call: a clock step can then stretch or shrink one
  * slice, never the whole timeout, which is still counted monotonically.
- * One blocking call per message (not try, poll, retry) keeps the hot path at
- * one system call even when the queue is full or empty.
+ * The descriptor stays blocking: "try now" is a timed call with a deadline in
+ * the past, so the hot path is one system call and no fcntl is ever needed.
  */
 #include <fcntl.h>
 #include <mqueue.h>
@@ -48,48 +48,74 @@ static int timed_out(int64_t deadline, int last)
 	return last ? -ETIMEDOUT : -EINTR;
 }
 
-int mq_chan_send(struct pyipc_chan *c, const char *data, size_t len, unsigned prio,
-		 int64_t deadline)
+/* One queue operation: send (buf is the message) or receive into buf. */
+static ssize_t mq_op(struct pyipc_chan *c, int for_send, char *buf, size_t len, unsigned prio,
+		     unsigned *prio_out, const struct timespec *abs)
 {
-	struct timespec abs;
-	int last, rc;
+	if (for_send)
+		return mq_timedsend(c->wfd, buf, len, prio, abs);
+	return mq_timedreceive(c->rfd, buf, len, prio_out, abs);
+}
 
-	if (len > c->max_packet)
-		return -EMSGSIZE;
+/*
+ * Try at once (a deadline in the past never blocks); then spin a little
+ * (see chan_spin); then block in the kernel for at most one slice.  The
+ * common case is one system call.
+ */
+static ssize_t mq_wait_op(struct pyipc_chan *c, int for_send, char *buf, size_t len,
+			  unsigned prio, unsigned *prio_out, int64_t deadline)
+{
+	static const struct timespec past = { 0, 0 };
+	struct timespec abs;
+	int last, rc, spun = 0;
+	ssize_t r;
+
 	for (;;) {
+		r = mq_op(c, for_send, buf, len, prio, prio_out, &past);
+		if (r >= 0)
+			return r;
+		if (errno != ETIMEDOUT)
+			return -errno; /* EINTR included: Python runs handlers */
+		if (deadline == CHAN_NOWAIT)
+			return -EAGAIN;
+		if (!spun) {
+			spun = 1;
+			if (chan_spin(for_send ? c->wfd : c->rfd, for_send ? POLLOUT : POLLIN))
+				continue;
+		}
 		rc = slice_end(deadline, &abs, &last);
 		if (rc)
 			return rc;
-		if (mq_timedsend(c->wfd, data, len, prio, &abs) == 0)
-			return 0;
+		r = mq_op(c, for_send, buf, len, prio, prio_out, &abs);
+		if (r >= 0)
+			return r;
 		if (errno == ETIMEDOUT)
 			return timed_out(deadline, last);
-		return -errno; /* EINTR included: Python runs handlers, retries */
+		return -errno;
 	}
+}
+
+int mq_chan_send(struct pyipc_chan *c, const char *data, size_t len, unsigned prio,
+		 int64_t deadline)
+{
+	ssize_t r;
+
+	if (len > c->max_packet)
+		return -EMSGSIZE;
+	r = mq_wait_op(c, 1, (char *)data, len, prio, NULL, deadline);
+	return r < 0 ? (int)r : 0;
 }
 
 int64_t mq_chan_recv(struct pyipc_chan *c, char *buf, uint64_t cap, unsigned *prio,
 		     int64_t deadline)
 {
-	struct timespec abs;
-	ssize_t r;
-	int last, rc;
-
 	/* The kernel refuses any buffer below mq_msgsize, even for a short
 	 * message; say how much is needed instead. */
 	if (cap < c->max_packet) {
 		atomic_store(&c->need, c->max_packet);
 		return -EMSGSIZE;
 	}
-	rc = slice_end(deadline, &abs, &last);
-	if (rc)
-		return rc;
-	r = mq_timedreceive(c->rfd, buf, cap, prio, &abs);
-	if (r >= 0)
-		return r;
-	if (errno == ETIMEDOUT)
-		return timed_out(deadline, last);
-	return -errno;
+	return mq_wait_op(c, 0, buf, cap, 0, prio, deadline);
 }
 
 int pyipc_mq_open(const char *name, int create, uint32_t mode, int64_t max_messages,

@@ -44,6 +44,12 @@ DGRAM = lib.PYIPC_CHAN_DGRAM
 MQ = lib.PYIPC_CHAN_MQ
 LISTENER = lib.PYIPC_CHAN_LISTENER
 
+# Bound once: the hot paths then do no attribute lookups on lib and ffi.
+_send = lib.pyipc_chan_send
+_recv = lib.pyipc_chan_recv
+_unpack = ffi.unpack
+_NULL = ffi.NULL
+
 # Receive buffers do not need zeroing: C writes before Python reads.
 _new_raw = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -114,11 +120,18 @@ class ChannelBase:
     ``unix_connect()``, ``UnixListener.accept()`` or ``MessageQueue``.
     """
 
-    __slots__ = ("_h", "_kind", "_rfd", "_wfd", "_pool", "_bufsize", "_name", "__weakref__")
+    __slots__ = ("_h", "_tx", "_rx", "_kind", "_rfd", "_wfd", "_pool", "_bufsize", "_name",
+                 "__weakref__")
 
     def __init__(self, rfd: int, wfd: int, kind: int, name: Optional[str] = None) -> None:
         self._h: Any = None
+        self._tx: Any = None
+        self._rx: Any = None
         self._h = _wrap(rfd, wfd, kind)
+        # The handle again, or None where this end cannot send / receive or
+        # is closed: the hot paths test one attribute.
+        self._tx = self._h if wfd >= 0 else None
+        self._rx = self._h if rfd >= 0 and kind != LISTENER else None
         self._kind = kind
         self._rfd = rfd
         self._wfd = wfd
@@ -149,7 +162,7 @@ class ChannelBase:
         returns within ~100 ms with ``ValueError``."""
         h = self._h
         if h is not None:
-            self._h = None
+            self._h = self._tx = self._rx = None
             lib.pyipc_chan_close(h)
 
     def __enter__(self: _T) -> _T:
@@ -218,19 +231,16 @@ class ChannelBase:
         ``TypeError`` for data that is not bytes-like, ``ValueError`` if the
         channel is closed, receive-only, or ``timeout`` is negative.
         """
-        h = self._h
-        if h is None or self._wfd < 0:
+        h = self._tx
+        if h is None:
             h = self._check(self._wfd >= 0, "send")
-        if type(data) is bytes:
-            p = data
-            n = len(data)
-        else:
-            p = ffi.from_buffer("char[]", data)
-            n = len(p)
         dl = FOREVER if timeout is None else channel_deadline(timeout)
-        rc = lib.pyipc_chan_send(h, p, n, 0, dl)
+        # bytes pass straight to a const char * parameter; anything else
+        # goes through the buffer protocol (TypeError if it has none).
+        p = data if type(data) is bytes else ffi.from_buffer("char[]", data)
+        rc = _send(h, p, len(p), 0, dl)
         if rc:
-            self._send_slow(rc, h, p, n, 0, dl)
+            self._send_slow(rc, h, p, len(p), 0, dl)
 
     def _send_slow(self, rc: int, h: Any, p: Any, n: int, prio: int, dl: int) -> None:
         send = lib.pyipc_chan_send
@@ -270,18 +280,18 @@ class ChannelBase:
         (``timeout=0`` never waits), ``ValueError`` if the channel is
         closed, send-only, or ``timeout`` is negative.
         """
-        h = self._h
-        if h is None or self._rfd < 0:
+        h = self._rx
+        if h is None:
             h = self._check(self._rfd >= 0, "receive")
         pool = self._pool
         buf = pool.pop() if pool else self._new_buf(0)
         dl = FOREVER if timeout is None else channel_deadline(timeout)
-        n = lib.pyipc_chan_recv(h, buf, len(buf), ffi.NULL, dl)
+        n = _recv(h, buf, len(buf), _NULL, dl)
         if n >= 0:
-            data: bytes = ffi.buffer(buf, n)[:]
-            pool.append(buf)
+            data: bytes = _unpack(buf, n)
+            pool.append(buf)  # after the copy: then another thread may take it
             return data
-        return self._recv_slow(n, h, buf, dl, ffi.NULL)
+        return self._recv_slow(n, h, buf, dl, _NULL)
 
     def _recv_slow(self, n: int, h: Any, buf: Any, dl: int, prio: Any) -> bytes:
         recv = lib.pyipc_chan_recv
@@ -302,7 +312,7 @@ class ChannelBase:
             raise
         if n < 0:
             raise self._error(n, h, 0)
-        data: bytes = ffi.buffer(buf, n)[:]
+        data: bytes = _unpack(buf, n)
         self._pool.append(buf)
         return data
 
@@ -313,8 +323,8 @@ class ChannelBase:
         for the next receive on this handle.  Also raises what ``recv``
         raises, and ``TypeError`` if ``buffer`` is not a writable buffer.
         """
-        h = self._h
-        if h is None or self._rfd < 0:
+        h = self._rx
+        if h is None:
             h = self._check(self._rfd >= 0, "receive")
         p = _writable(buffer)
         dl = FOREVER if timeout is None else channel_deadline(timeout)
@@ -400,7 +410,7 @@ class ChannelBase:
             while True:
                 n = recv(h, buf, len(buf), prio, NOWAIT)
                 if n >= 0:
-                    data: bytes = ffi.buffer(buf, n)[:]
+                    data: bytes = _unpack(buf, n)
                     self._pool.append(buf)
                     return data, prio
                 if n == _EAGAIN:

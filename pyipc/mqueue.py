@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple
 
 from ._core import ffi, lib
 from ._util import FOREVER, channel_deadline, shm_name
-from .channel import MQ, ChannelBase, _closed_error
+from .channel import MQ, ChannelBase, _closed_error, _send
 from .errors import MessageTooLarge, error_from
 
 __all__ = ["MessageQueue"]
@@ -26,6 +26,9 @@ def _limit(name: str) -> str:
             return f.read().strip()
     except OSError:  # pragma: no cover - no /proc
         return "?"
+
+
+_base_recv = ChannelBase.recv
 
 
 class MessageQueue(ChannelBase):
@@ -155,17 +158,13 @@ class MessageQueue(ChannelBase):
         is longer than ``max_message_size``, ``TimeoutError`` if the queue
         stayed full (``timeout=0`` never waits), ``ValueError`` if closed or
         for a bad priority, ``TypeError`` for data that is not bytes-like."""
-        h = self._h
+        h = self._tx
         if h is None:
             raise _closed_error()
-        if type(data) is bytes:
-            p = data
-            n = len(data)
-        else:
-            p = ffi.from_buffer("char[]", data)
-            n = len(p)
+        p = data if type(data) is bytes else ffi.from_buffer("char[]", data)
+        n = len(p)
         dl = FOREVER if timeout is None else channel_deadline(timeout)
-        rc = lib.pyipc_chan_send(h, p, n, priority, dl)
+        rc = _send(h, p, n, priority, dl)
         if rc:
             if rc == -errno.EINVAL and not 0 <= priority < 32768:
                 raise ValueError("priority must be between 0 and 32767")
@@ -181,7 +180,7 @@ class MessageQueue(ChannelBase):
         ``ValueError`` if closed."""
         if self._stash is not None:
             return self._unstash()[0]
-        return super().recv(timeout)
+        return _base_recv(self, timeout)
 
     def _unstash(self) -> Tuple[bytes, int]:
         self._check(True, "")
@@ -201,7 +200,7 @@ class MessageQueue(ChannelBase):
         dl = FOREVER if timeout is None else channel_deadline(timeout)
         n = lib.pyipc_chan_recv(h, buf, len(buf), prio, dl)
         if n >= 0:
-            data: bytes = ffi.buffer(buf, n)[:]
+            data: bytes = ffi.unpack(buf, n)
             pool.append(buf)
         else:
             data = self._recv_slow(n, h, buf, dl, prio)

@@ -137,7 +137,7 @@ class SocketChannel(ChannelBase):
             raise
         if n < 0:
             raise self._error(n, h, 0)
-        data: bytes = ffi.buffer(buf, n)[:]
+        data: bytes = ffi.unpack(buf, n)
         self._pool.append(buf)
         return data, [int(arr[i]) for i in range(nfds[0])]
 
