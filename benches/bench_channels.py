@@ -385,19 +385,28 @@ def main(argv: Optional[List[str]] = None) -> None:
     results: Dict[Tuple[str, int], float] = {}
     for size in sizes:
         n = count_for(size)
-        print(f"\n{size} B messages, {n} per run, median of {args.repeat}:")
+        todo = []
         for group, name, factory, maxsize, dep in TRANSPORTS:
-            if groups and group not in groups:
-                continue
-            if size > maxsize:
+            if (groups and group not in groups) or size > maxsize:
                 continue
             if dep and not _has(dep):
                 print(f"  {name:32s} skipped: {dep} not installed")
                 continue
-            rates = [run_once(factory, size, n) for _ in range(args.repeat)]
-            med = statistics.median(rates)
+            todo.append((name, factory))
+        # Round-robin over the transports, so that a noisy neighbour on a
+        # shared machine hits all of them alike rather than one.
+        rates: Dict[str, List[float]] = {name: [] for name, _ in todo}
+        for _ in range(args.repeat):
+            for name, factory in todo:
+                rates[name].append(run_once(factory, size, n))
+        print(f"\n{size} B messages, {n} per run, median of {args.repeat} (min-max):")
+        for name, _ in todo:
+            med = statistics.median(rates[name])
             results[(name, size)] = med
-            print(f"  {name:32s} {med / 1e3:10.1f} k msg/s  {med * size / 2**20:10.1f} MiB/s")
+            print(
+                f"  {name:32s} {med / 1e3:9.1f} k msg/s {med * size / 2**20:9.1f} MiB/s"
+                f"   ({min(rates[name]) / 1e3:.0f}-{max(rates[name]) / 1e3:.0f} k)"
+            )
     print("\nratios (pyipc / best pure-Python baseline over the same primitive):")
     for size in sizes:
         for group in ("pipe", "stream", "seqpacket", "dgram", "mq"):
@@ -416,9 +425,6 @@ try:
     import pytest
 except ImportError:  # pragma: no cover
     pytest = None  # type: ignore[assignment]
-
-if pytest is not None and "pytest" in sys.modules and "benchmark" in str(sys.argv):  # pragma: no cover
-    pass
 
 if pytest is not None:
 

@@ -19,6 +19,7 @@
 #define CHAN_NOWAIT 0
 #define CHAN_FOREVER (-1)
 #define CHAN_MAXFDS 64 /* descriptors one message may carry */
+#define CHAN_SMALL 1024 /* messages up to this size are copied via the handle */
 #define CHAN_SPIN_NS 50000ll /* poll without sleeping this long first */
 
 /*
@@ -53,6 +54,7 @@ struct pyipc_chan {
 
 	/* receive side, under rlock */
 	uint8_t hdr[FRAME_HDR];
+	uint8_t rsmall[1 + CHAN_SMALL + FRAME_AHEAD]; /* see stream_recv */
 	unsigned rh;   /* header bytes held */
 	uint64_t rpos; /* payload bytes already in the caller's buffer */
 	char *rbuf;    /* ... which is this one: only it may resume the frame */
@@ -68,7 +70,7 @@ struct pyipc_chan {
 	const char *wdata; /* the message being written: only it may resume */
 	/* A small frame is copied here and written with one write(): cheaper
 	 * than writev of two pieces.  Large ones go straight from the caller. */
-	uint8_t wsmall[FRAME_HDR + 1024];
+	uint8_t wsmall[FRAME_HDR + CHAN_SMALL];
 	size_t wlen;
 };
 
