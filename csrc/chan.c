@@ -125,6 +125,14 @@ int pyipc_chan_open(int rfd, int wfd, int kind, pyipc_chan **out)
 		}
 		c->max_packet = 2 * (uint64_t)wmem;
 	}
+	if (kind == PYIPC_CHAN_STREAM && rfd >= 0) {
+		/* Allocated now, so receiving never allocates. */
+		c->pk = malloc(CHAN_PEEK);
+		if (!c->pk) {
+			free(c);
+			return -ENOMEM;
+		}
+	}
 	pthread_mutex_init(&c->rlock, NULL);
 	pthread_mutex_init(&c->wlock, NULL);
 	*out = c;
@@ -146,6 +154,7 @@ void pyipc_chan_free(pyipc_chan *c)
 	pyipc_chan_close(c);
 	pthread_mutex_destroy(&c->rlock);
 	pthread_mutex_destroy(&c->wlock);
+	free(c->pk);
 	free(c);
 }
 
@@ -386,6 +395,9 @@ static int64_t stream_recv(struct pyipc_chan *c, char *buf, uint64_t cap, int *f
 	uint8_t next[FRAME_AHEAD];
 	int got[CHAN_MAXFDS];
 	struct iovec iov[3];
+	/* Pipes read the next frame's length ahead (see FRAME_MAGIC); stream
+	 * sockets batch with MSG_PEEK instead (sock_stream_recv). */
+	unsigned ahead = c->kind == PYIPC_CHAN_PIPE ? FRAME_AHEAD : 0;
 	unsigned ngot, nn, i;
 	uint64_t len, take;
 	int n, rc, small;
@@ -449,14 +461,14 @@ static int64_t stream_recv(struct pyipc_chan *c, char *buf, uint64_t cap, int *f
 			iov[n++].iov_len = len - c->rpos;
 		}
 		iov[n].iov_base = next;
-		iov[n++].iov_len = FRAME_AHEAD;
+		iov[n++].iov_len = ahead;
 		/* A small message (the usual case) and its neighbours come in one
 		 * plain read into the handle, then are copied out: cheaper than a
 		 * three-piece readv. */
 		small = c->rh == FRAME_AHEAD && c->rpos == 0 && len <= CHAN_SMALL;
 		if (small) {
 			iov[0].iov_base = c->rsmall;
-			iov[0].iov_len = 1 + len + FRAME_AHEAD;
+			iov[0].iov_len = 1 + len + ahead;
 			n = 1;
 		}
 		r = chan_readv(c, iov, n, got, &ngot);
@@ -505,6 +517,115 @@ static int64_t stream_recv(struct pyipc_chan *c, char *buf, uint64_t cap, int *f
 		rc = chan_poll(c->rfd, POLLIN, deadline);
 		if (rc)
 			return rc;
+	}
+}
+
+/*
+ * Stream sockets: batch with MSG_PEEK.  One peek shows every frame already
+ * in the kernel; frames are then handed out from the peeked copy with no
+ * system call, and the bytes of all of them are consumed by one read when
+ * the last is handed out.  So whenever a message is unreturned, its bytes
+ * are still in the kernel and the socket stays readable for select/poll/
+ * asyncio; a consumer that falls behind makes one or two system calls per
+ * batch rather than one per message.  Anything unusual -- a frame not
+ * wholly there, a large one, descriptors attached, end of file, a frame
+ * half read before -- goes the exact way (stream_recv, no read-ahead).
+ */
+static int frame_at(const uint8_t *p, uint64_t avail, uint64_t *len)
+{
+	uint64_t l = 0;
+	unsigned i;
+
+	if (avail < FRAME_HDR)
+		return 0;
+	if (p[FRAME_AHEAD] != FRAME_MAGIC)
+		return -EBADMSG;
+	for (i = 0; i < FRAME_AHEAD; i++)
+		l |= (uint64_t)p[i] << (8 * i);
+	*len = l;
+	return avail - FRAME_HDR >= l;
+}
+
+/* Drop the bytes of the frames handed out from the peeked copy. */
+static int peek_consume(struct pyipc_chan *c)
+{
+	uint32_t done = 0;
+	ssize_t r;
+
+	while (done < c->pk_off) {
+		r = recv(c->rfd, c->pk, c->pk_off - done, MSG_DONTWAIT);
+		if (r > 0) {
+			done += (uint32_t)r;
+			continue;
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		/* The bytes were there a moment ago: someone else read them. */
+		c->pk_off = c->pk_len = 0;
+		return -EBADMSG;
+	}
+	c->pk_off = c->pk_len = 0;
+	return 0;
+}
+
+static int64_t sock_stream_recv(struct pyipc_chan *c, char *buf, uint64_t cap, int *fds,
+				size_t maxfds, size_t *nfds, int64_t deadline)
+{
+	struct iovec iov;
+	struct msghdr msg;
+	uint64_t len, nlen;
+	ssize_t r;
+	int rc;
+
+	if (c->rh || c->rpos || !c->pk)
+		return stream_recv(c, buf, cap, fds, maxfds, nfds, deadline);
+	for (;;) {
+		if (c->pk_off < c->pk_len) {
+			rc = frame_at(c->pk + c->pk_off, c->pk_len - c->pk_off, &len);
+			if (rc < 0)
+				return rc;
+			if (rc == 1) {
+				if (len > cap) {
+					atomic_store(&c->need, len);
+					return -EMSGSIZE;
+				}
+				memcpy(buf, c->pk + c->pk_off + FRAME_HDR, len);
+				c->pk_off += FRAME_HDR + (uint32_t)len;
+				if (frame_at(c->pk + c->pk_off, c->pk_len - c->pk_off, &nlen) != 1) {
+					rc = peek_consume(c);
+					if (rc)
+						return rc;
+				}
+				hand_out_fds(c, fds, maxfds, nfds);
+				return (int64_t)len;
+			}
+		}
+		if (c->pk_off) {
+			rc = peek_consume(c);
+			if (rc)
+				return rc;
+		}
+		c->pk_off = c->pk_len = 0;
+		memset(&msg, 0, sizeof(msg));
+		iov.iov_base = c->pk;
+		iov.iov_len = CHAN_PEEK;
+		msg.msg_iov = &iov;
+		msg.msg_iovlen = 1;
+		r = recvmsg(c->rfd, &msg, MSG_PEEK | MSG_DONTWAIT);
+		if (r > 0 && !(msg.msg_flags & MSG_CTRUNC) &&
+		    frame_at(c->pk, (uint64_t)r, &len) == 1) {
+			c->pk_len = (uint32_t)r;
+			continue;
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == EAGAIN) {
+			rc = chan_poll(c->rfd, POLLIN, deadline);
+			if (rc)
+				return rc;
+			continue;
+		}
+		return stream_recv(c, buf, cap, fds, maxfds, nfds, deadline);
 	}
 }
 
@@ -708,7 +829,7 @@ static int64_t do_recv(pyipc_chan *c, char *buf, uint64_t cap, unsigned *prio, i
 	switch (c->kind) {
 	case PYIPC_CHAN_PIPE:
 	case PYIPC_CHAN_STREAM:
-		rc = stream_recv(c, buf, cap, fds, maxfds, nfds, deadline);
+		rc = sock_stream_recv(c, buf, cap, fds, maxfds, nfds, deadline);
 		break;
 	case PYIPC_CHAN_SEQPACKET:
 	case PYIPC_CHAN_DGRAM:

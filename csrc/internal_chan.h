@@ -20,6 +20,7 @@
 #define CHAN_FOREVER (-1)
 #define CHAN_MAXFDS 64 /* descriptors one message may carry */
 #define CHAN_SMALL 1024 /* messages up to this size are copied via the handle */
+#define CHAN_PEEK 65536 /* stream sockets: bytes looked at in one peek */
 #define CHAN_SPIN_NS 50000ll /* poll without sleeping this long first */
 
 /*
@@ -55,6 +56,9 @@ struct pyipc_chan {
 	/* receive side, under rlock */
 	uint8_t hdr[FRAME_HDR];
 	uint8_t rsmall[1 + CHAN_SMALL + FRAME_AHEAD]; /* see stream_recv */
+	uint8_t *pk;     /* stream sockets: peeked bytes (CHAN_PEEK of them) */
+	uint32_t pk_len; /* bytes peeked */
+	uint32_t pk_off; /* ... of which handed out as messages */
 	unsigned rh;   /* header bytes held */
 	uint64_t rpos; /* payload bytes already in the caller's buffer */
 	char *rbuf;    /* ... which is this one: only it may resume the frame */
