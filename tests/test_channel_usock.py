@@ -300,3 +300,35 @@ def test_unrelated_processes_stream(path: str) -> None:
         finally:
             child.kill()
             child.wait()
+
+
+def test_stream_torn_frame_and_garbage() -> None:
+    """On a stream socket, a peer that closes inside a frame gives EOFError,
+    and bytes that are not pyipc framing give CorruptedError."""
+    import socket
+
+    for payload, exc in (
+        ((1 << 20).to_bytes(7, "little") + b"\xa5" + b"q" * 1000, EOFError),
+        (b"\x01\x00\x00\x00\x00\x00\x00\x00x", pyipc.CorruptedError),
+    ):
+        a, b = pyipc.socketpair("stream")
+        with a, b:
+            raw = socket.socket(fileno=os.dup(a.fileno()))
+            raw.setblocking(True)
+            raw.sendall(payload)
+            raw.close()
+            a.close()
+            with pytest.raises(exc):
+                b.recv(timeout=5)
+
+
+def test_stream_batches_keep_order_and_sizes(made: Made) -> None:
+    """Many small messages queued at once, with large ones and empty ones
+    between them, come out in order (the batched receive path)."""
+    tx, rx = make_pair("stream", made)
+    msgs = [os.urandom(n % 200) for n in range(300)] + [os.urandom(200_000), b""]
+    t = threading.Thread(target=lambda: [tx.send(m, timeout=30) for m in msgs])
+    t.start()
+    got = [rx.recv(timeout=30) for _ in msgs]
+    t.join()
+    assert got == msgs
