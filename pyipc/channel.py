@@ -197,8 +197,8 @@ class ChannelBase:
             self.close()
 
     def _error(self, rc: int, h: Any, direction: int) -> BaseException:
-        if rc == _EBADF:
-            return _closed_error()
+        if rc == _EBADF and self._h is None:
+            return _closed_error()  # else a bad descriptor given to send_fds
         if rc == _EAGAIN:
             rc = _ETIMEDOUT
         if direction == 0 and rc in (_EPIPE, _ECONNRESET):

@@ -255,10 +255,17 @@ def test_fds_dropped_by_plain_recv_are_closed(made: Made) -> None:
 
 
 def test_fd_passing_errors(made: Made) -> None:
-    """Too many descriptors is a ValueError; pipes have no send_fds."""
+    """Too many descriptors is a ValueError, a bad one OSError(EBADF) (the
+    channel stays open); pipes have no send_fds."""
     tx, _ = make_pair("stream", made)
     with pytest.raises(ValueError):
         tx.send_fds(b"x", [0] * 65)
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as e:
+        tx.send_fds(b"x", [r])
+    assert e.value.errno == 9 and not tx.closed
     r, w = pyipc.pipe()
     with r, w:
         assert not hasattr(w, "send_fds")
