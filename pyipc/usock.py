@@ -245,9 +245,8 @@ class UnixListener:
         return SocketChannel(fd[0], self._kind, os.fsdecode(self._path))
 
     async def accept_async(self) -> SocketChannel:
-        """Accept a connection, awaiting it with the event loop."""
-        import asyncio
-
+        """Accept a connection, awaiting it with the event loop.  Raises
+        ``ValueError`` if the listener is closed."""
         while True:
             try:
                 return self.accept(timeout=0)

@@ -339,3 +339,31 @@ def test_stream_batches_keep_order_and_sizes(made: Made) -> None:
     got = [rx.recv(timeout=30) for _ in msgs]
     t.join()
     assert got == msgs
+
+
+@pytest.mark.timeout(30)
+def test_listener_selectors_and_accept_async(path: str) -> None:
+    """A listener's fileno() is readable when a connection waits, and
+    accept_async accepts through the event loop."""
+    import asyncio
+    import selectors
+
+    with pyipc.UnixListener(path) as lst:
+        with selectors.DefaultSelector() as sel:
+            sel.register(lst, selectors.EVENT_READ)
+            assert sel.select(timeout=0) == []
+            c1 = pyipc.unix_connect(path, timeout=5)
+            assert sel.select(timeout=5)
+            lst.accept(timeout=0).close()
+            c1.close()
+
+        async def main() -> bytes:
+            task = asyncio.ensure_future(lst.accept_async())
+            await asyncio.sleep(0.05)
+            c = pyipc.unix_connect(path, timeout=5)
+            s = await asyncio.wait_for(task, 5)
+            with c, s:
+                await c.send_async(b"via loop")
+                return await asyncio.wait_for(s.recv_async(), 5)
+
+        assert asyncio.run(main()) == b"via loop"
