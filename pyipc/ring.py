@@ -54,6 +54,13 @@ def _new_recv_buf(size: int) -> _RecvBuf:
     return (ffi.new("char[]", size), size, ffi.new("uint64_t *"))
 
 
+def _grown(size: int, needed: int) -> int:
+    """The next receive-buffer size: a power of two that holds `needed`."""
+    while size < needed:
+        size *= 2
+    return size
+
+
 def _closed() -> ValueError:
     return ValueError("operation on a closed RingBuffer")
 
@@ -262,7 +269,7 @@ class RingBuffer:
                 if n == _EINTR:
                     continue
                 if n == _EMSGSIZE:
-                    rbuf = _new_recv_buf(max(need[0], 2 * size))
+                    rbuf = _new_recv_buf(_grown(size, need[0]))
                     continue
                 raise self._get_error(n)
         finally:
@@ -283,7 +290,10 @@ class RingBuffer:
         if h is None:
             raise _closed()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        buf = ffi.from_buffer(buffer, require_writable=True)
+        try:
+            buf = ffi.from_buffer(buffer, require_writable=True)
+        except BufferError as e:
+            raise TypeError(f"get_into needs a writable bytes-like buffer: {e}") from None
         need = ffi.new("uint64_t *")
         size = len(buf)
         while True:
@@ -330,7 +340,7 @@ class RingBuffer:
                 if n == _EINTR:
                     continue
                 if n == _EMSGSIZE:
-                    rbuf = _new_recv_buf(max(need[0], 2 * size))
+                    rbuf = _new_recv_buf(_grown(size, need[0]))
                     continue
                 raise self._get_error(n)
         finally:
