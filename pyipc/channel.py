@@ -3,9 +3,10 @@
 A channel is a handle on kernel descriptors (a pipe, a UNIX socket, a POSIX
 message queue) that sends and receives whole messages.  All I/O is in the C
 core (``csrc/chan.c``): one C call per message, which writes a length header
-and the payload together and, on streams, reads a message together with the
-length of the next one.  This module turns timeouts into C deadlines and
-return codes into exceptions.
+and the payload together; a pipe reads a message together with the length of
+the next one, a stream socket hands out every message already queued from
+one peek.  This module turns timeouts into C deadlines and return codes into
+exceptions.
 
 Threads: any number of threads may send and receive on one handle; frames
 never interleave.  ``close()`` while another thread is blocked on the same
@@ -176,12 +177,12 @@ class ChannelBase:
         return f"<{type(self).__name__} {state}>"
 
     def pending(self) -> bool:
-        """True if a message is held by the handle itself, so that the
-        descriptor may not look readable although ``recv`` would not wait.
+        """True if a whole message is held by the handle itself, so that the
+        descriptor would not show it as readable.
 
-        Only a ``MessageQueue``'s message refused by a too small
-        ``recv_into`` buffer, or an empty message on a stream, can be held
-        this way; ``recv_async`` takes care of both.
+        The C core never keeps a whole message back on pipes and sockets, so
+        this is False there; a ``MessageQueue`` keeps the message that a too
+        small ``recv_into`` buffer refused.  Raises ``ValueError`` if closed.
         """
         h = self._h
         if h is None:
