@@ -202,6 +202,7 @@ class UnixListener:
         if rc < 0:
             raise error_from(rc, os.fsdecode(p))
         self._path = p
+        self._pid = os.getpid()
         self._ino = int(ino[0])
         self._dev = int(dev[0])
         self._kind = k
@@ -258,11 +259,14 @@ class UnixListener:
             await ch._wait_fd(self._fd, False)
 
     def _unlink(self) -> None:
-        if self._path[0] != 0:
+        # Only the process that made the file removes it: a forked child
+        # closing (or garbage-collecting) its inherited copy must not.
+        if self._path[0] != 0 and os.getpid() == self._pid:
             lib.pyipc_usock_unlink(self._path, self._ino, self._dev)
 
     def close(self) -> None:
-        """Stop listening and remove the socket file; idempotent."""
+        """Stop listening and remove the socket file (if this process made
+        it and it is still that file); idempotent."""
         ch = self._h
         if ch is not None:
             self._h = None

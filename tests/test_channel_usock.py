@@ -367,3 +367,18 @@ def test_listener_selectors_and_accept_async(path: str) -> None:
                 return await asyncio.wait_for(s.recv_async(), 5)
 
         assert asyncio.run(main()) == b"via loop"
+
+
+def test_forked_child_close_keeps_file(path: str) -> None:
+    """A forked child closing its inherited listener does not remove the
+    parent's socket file."""
+    with pyipc.UnixListener(path) as lst:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            lst.close()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.path.exists(path)
+        with pyipc.unix_connect(path, timeout=5):
+            lst.accept(timeout=5).close()
+    assert not os.path.exists(path)
