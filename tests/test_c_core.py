@@ -21,14 +21,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 TEST_C = CSRC / "tests" / "test_ring.c"
-TSAN_SHIM = CSRC / "tests" / "tsan_clocklock.h"
 
 GCC = shutil.which("gcc")
 BASE_FLAGS = ["-std=gnu11", "-D_GNU_SOURCE", "-g", "-O1", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 ASAN_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 # -Wno-tsan: GCC warns that TSan does not model atomic_thread_fence; the
 # fences in ring.c only order atomics, which TSan never reports as races.
-TSAN_FLAGS = ["-fsanitize=thread", "-Wno-tsan", "-include", str(TSAN_SHIM)]
+TSAN_FLAGS = ["-fsanitize=thread", "-Wno-tsan"]
 LIBS = ["-lpthread", "-lrt"]
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer")
@@ -43,26 +42,12 @@ THREADED = [
     "wait_consumed",
     "two_handles_threads",
     "dead_lock_owner",
+    "zombie_lock_owner",
     "lock_stuck_held",
+    "scribbled_lock_words",
     "mpmc_small_ring",
     "mpmc_large_ring",
 ]
-
-# Known bugs in ring.c, exposed by a C test; see the reason of each.
-KNOWN_BUGS = {
-    "empty_message_null_buffer": (
-        "ring.c copy_in()/copy_out() call memcpy() with a NULL pointer when an empty message "
-        "moves through a NULL buffer of size 0 (C callers only: cffi's from_buffer never "
-        "passes NULL): undefined behaviour that UBSan reports"
-    ),
-    "scribbled_lock_links": (
-        "glibc keeps a robust mutex's robust-list links inside the mutex, i.e. in the shared "
-        "segment; another process scribbling those 16 bytes (header offsets 152-167 and "
-        "280-295) while this one holds the lock makes pthread_mutex_unlock() in unlock_side() "
-        "dereference garbage: SIGSEGV"
-    ),
-}
-
 
 def _build(out: Path, flags: List[str]) -> Path:
     exe = out / "test_ring"
@@ -146,29 +131,21 @@ def _run(exe: Path, test: str, prefix: str, timeout: float) -> None:
     assert not any(m in proc.stderr for m in SANITIZER_MARKS), report
 
 
-def _params(names: List[str]) -> List[object]:
-    return [
-        pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=KNOWN_BUGS[n])) if n in KNOWN_BUGS else n
-        for n in names
-    ]
-
-
 def test_table_is_found() -> None:
     """The list of C tests is read from test_ring.c and every threaded one is in it."""
     assert len(C_TESTS) >= 20
     assert set(THREADED) <= set(C_TESTS)
-    assert set(KNOWN_BUGS) <= set(C_TESTS)
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("test", _params(C_TESTS))
+@pytest.mark.parametrize("test", C_TESTS)
 def test_c_asan_ubsan(asan_binary: Path, prefix: str, test: str) -> None:
     """One C test passes under AddressSanitizer + UndefinedBehaviorSanitizer with no report."""
     _run(asan_binary, test, prefix, timeout=120)
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("test", _params(THREADED))
+@pytest.mark.parametrize("test", THREADED)
 def test_c_tsan(tsan_binary: Path, prefix: str, test: str) -> None:
     """One threaded C test passes under ThreadSanitizer with no report."""
     _run(tsan_binary, test, prefix, timeout=180)
