@@ -244,7 +244,7 @@ class RingBuffer:
             rc = lib.pyipc_ring_put_many(h, base + offset, lens + queued, total - queued, d, done)
             for i in range(queued, queued + done[0]):
                 offset += lens[i]
-            queued += done[0]
+            queued += int(done[0])
             if rc == 0:
                 return queued
             if rc == _EINTR:
