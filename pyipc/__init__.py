@@ -5,6 +5,7 @@ lock-protected ring in a named POSIX shared-memory segment.  Message passing:
 ``pipe()``, UNIX sockets and ``MessageQueue`` behind one ``Channel`` protocol.
 """
 from .errors import CorruptedError, Empty, Full, IPCError, MessageTooLarge, ShutDown
+from .queue import Queue
 from .ring import RingBuffer
 
 __version__ = "0.1.0"
@@ -17,4 +18,5 @@ __all__ = [
     "MessageTooLarge",
     "CorruptedError",
     "RingBuffer",
+    "Queue",
 ]

@@ -1,0 +1,347 @@
+"""``Queue``: Python objects over a ``RingBuffer``, a drop-in for
+``multiprocessing.Queue``.
+
+Each object is pickled (protocol 5) in the caller and put on the ring as one
+message; a get takes one message and unpickles it.  There is no feeder thread:
+an object that cannot be pickled raises in ``put`` itself, and ``put``
+returns only once the message is in shared memory, where every process
+attached to the ring can take it.
+
+The process that creates a queue owns its shared-memory segment and removes
+the name when the queue is closed, collected, or when that process exits; a
+handle that only attached (an unpickled copy in a child, or
+``Queue(name=..., create=False)``) never removes anything.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from multiprocessing.util import Finalize
+from typing import Any, Callable, Iterable, Optional
+
+from .ring import RingBuffer
+
+__all__ = ["Queue"]
+
+Dumps = Callable[[Any], Any]
+Loads = Callable[[Any], Any]
+
+# Protocol 5 is the first with out-of-band buffers, and it is what
+# ``pickle.dumps(obj, 5)`` always starts with: b"\x80\x05".
+PROTOCOL = 5
+
+
+def _release(ring: RingBuffer, owner_pid: int) -> None:
+    """Detach ``ring`` and, in the process that created it, remove its name.
+
+    Called at most once, by ``close()``, by garbage collection or at exit.  A
+    forked child inherits the creator's handle (and this finalizer) but must
+    never remove a segment that the parent may still be using.
+    """
+    try:
+        if os.getpid() == owner_pid:
+            try:
+                ring.unlink()
+            except FileNotFoundError:
+                # Someone (``pyipc rm``, a test fixture) removed it already.
+                pass
+    finally:
+        ring.close()
+
+
+class Queue:
+    """A process-shared FIFO of Python objects, like ``multiprocessing.Queue``.
+
+    ``Queue(maxsize=0, *, capacity=None, name=None, create=True)``:
+
+    * ``maxsize`` bounds the number of queued items (``<= 0``: no bound but
+      the ring's bytes).  It is stored in the segment: a handle that attaches
+      uses the creator's bound and ignores its own argument.
+    * ``capacity`` is the ring's size in bytes (default 1 MiB).  A pickled
+      object larger than ``max_message_size`` raises ``MessageTooLarge``.
+    * ``name`` is the shared-memory name (``None``: a unique one);
+      ``create=False`` attaches to an existing queue by name.
+    * ``dumps``/``loads`` replace ``pickle.dumps(obj, 5)`` and
+      ``pickle.loads``; every handle of one queue must use compatible ones
+      (they travel with the queue when it is pickled, by reference).
+    * ``mode`` is the segment's permission bits (creator only).
+
+    Raises ``FileExistsError`` (``create=True`` with a name in use),
+    ``FileNotFoundError`` (``create=False`` with no such name),
+    ``CorruptedError`` (the name is not a pyipc ring) and ``ValueError``
+    (an invalid name).
+    """
+
+    __slots__ = (
+        "_ring",
+        "_name",
+        "_maxsize",
+        "_closed",
+        "_dumps",
+        "_loads",
+        "_put",
+        "_get",
+        "_finalizer",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        maxsize: int = 0,
+        *,
+        capacity: Optional[int] = None,
+        name: Optional[str] = None,
+        create: bool = True,
+        dumps: Optional[Dumps] = None,
+        loads: Optional[Loads] = None,
+        mode: int = 0o600,
+    ) -> None:
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+            raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+        # multiprocessing.Queue treats maxsize <= 0 as "no bound"; so do we.
+        bound = max(0, maxsize)
+        self._closed = True  # until the ring exists, for __repr__ and __del__ paths
+        self._finalizer: Optional[Finalize[None, Any]] = None
+        if create:
+            ring = RingBuffer(
+                name, create=True, capacity=capacity, mode=mode, max_messages=bound
+            )
+        else:
+            if name is None:
+                raise ValueError("create=False needs the name of an existing queue")
+            ring = RingBuffer(name, create=False)
+        self._ring = ring
+        self._name: str = ring.name
+        self._maxsize: int = ring.max_messages
+        # None selects the inlined pickle.dumps(obj, 5) in put().
+        self._dumps: Optional[Dumps] = dumps
+        self._loads: Loads = loads if loads is not None else pickle.loads
+        # Bound once: put() and get() are the hot path, and an attribute
+        # lookup plus a method binding per call is measurable there.
+        self._put: Callable[[Any, bool, Optional[float]], None] = ring.put
+        self._get: Callable[[bool, Optional[float]], Any] = ring.get
+        self._closed = False
+        if create:
+            # multiprocessing's Finalize rather than weakref.finalize: it runs
+            # on collection, at interpreter exit *and* when a multiprocessing
+            # child exits through os._exit, which skips atexit; and it
+            # ignores itself in any process but the one that made it.
+            # Negative priority: at exit it runs after daemonic children
+            # were terminated and the others joined, so they are done with
+            # the segment when its name goes.
+            self._finalizer = Finalize(
+                self, _release, args=(ring, os.getpid()), exitpriority=-10
+            )
+
+    # -- attributes ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The shared-memory name (without a leading ``/``)."""
+        return self._name
+
+    @property
+    def maxsize(self) -> int:
+        """The bound on queued items, as stored in the segment (0: none)."""
+        return self._maxsize
+
+    @property
+    def capacity(self) -> int:
+        """The ring's size in bytes."""
+        return self._ring.capacity
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest pickled object, in bytes, that ``put`` accepts."""
+        return self._ring.max_message_size
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has been called on this handle."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"maxsize={self._maxsize}"
+        return f"<pyipc.Queue name={self._name!r} {state}>"
+
+    # -- putting ------------------------------------------------------------
+
+    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Put ``obj`` on the queue, waiting for room as ``queue.Queue`` does.
+
+        ``obj`` is pickled here, in the caller, so pickling errors
+        (``pickle.PicklingError``, ``TypeError``, ``AttributeError``) raise
+        from ``put`` itself.  Raises ``Full`` when ``block`` is false and
+        there is no room, or when ``timeout`` expires; ``MessageTooLarge``
+        if the pickle can never fit; ``ShutDown`` after ``shutdown()``;
+        ``ValueError`` if this handle is closed or ``timeout`` is negative.
+        """
+        # The hot path: one pickle, one ring call.  No closed check here:
+        # close() swaps _put for a function that raises ValueError.
+        if self._dumps is None:
+            self._put(_pickle_dumps(obj, PROTOCOL), block, timeout)
+        else:
+            self._put(self._dumps(obj), block, timeout)
+
+    def put_nowait(self, obj: Any) -> None:
+        """``put(obj, block=False)``: raises ``Full`` at once if there is no room."""
+        self.put(obj, False)
+
+    def put_many(
+        self, objs: Iterable[Any], block: bool = True, timeout: Optional[float] = None
+    ) -> int:
+        """Put several objects in order, as ``RingBuffer.put_many``.
+
+        Every object is pickled first (a pickling error puts nothing).
+        Returns how many were put: all of them unless ``block`` is false or
+        ``timeout`` stopped at the first that did not fit in time.  Raises
+        ``MessageTooLarge`` for an object that can never fit (those before it
+        stay queued), ``ShutDown``, and ``ValueError`` on a closed handle.
+        """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        dumps = self._dumps or _dumps5
+        return self._ring.put_many([dumps(obj) for obj in objs], block, timeout)
+
+    # -- getting ------------------------------------------------------------
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        """Remove and return the oldest object, waiting as ``queue.Queue`` does.
+
+        Raises ``Empty`` when ``block`` is false and nothing is queued, or
+        when ``timeout`` expires; ``ShutDown`` after ``shutdown()`` once
+        drained; ``ValueError`` if this handle is closed or ``timeout`` is
+        negative; and whatever unpickling raises.
+        """
+        # As in put: close() swaps _get for a function raising ValueError.
+        return self._loads(self._get(block, timeout))
+
+    def get_nowait(self) -> Any:
+        """``get(block=False)``: raises ``Empty`` at once if nothing is queued."""
+        return self.get(False)
+
+    def get_many(
+        self, max_messages: int, block: bool = True, timeout: Optional[float] = None
+    ) -> list[Any]:
+        """Wait for one object, then return up to ``max_messages`` without waiting.
+
+        Raises ``Empty`` (nothing in time), ``ShutDown``, and ``ValueError``
+        (a closed handle, or ``max_messages < 1``).
+        """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        loads = self._loads
+        return [loads(m) for m in self._ring.get_many(max_messages, block, timeout)]
+
+    # -- asyncio ------------------------------------------------------------
+
+    async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
+        """Put ``obj`` without blocking the event loop (``RingBuffer.put_async``).
+
+        The object is pickled at once, in the caller; the coroutine then
+        waits for room the way ``RingBuffer.put_async`` does.  Cancelling it
+        before it returns leaves nothing queued.  Raises ``Full`` when
+        ``timeout`` expires, plus everything ``put`` raises.
+        """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        await self._ring.put_async((self._dumps or _dumps5)(obj), timeout=timeout)
+
+    async def get_async(self, timeout: Optional[float] = None) -> Any:
+        """Get an object without blocking the event loop (``RingBuffer.get_async``).
+
+        Cancelling the coroutine takes nothing off the queue.  Raises
+        ``Empty`` when ``timeout`` expires, plus everything ``get`` raises.
+        """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        return self._loads(await self._ring.get_async(timeout=timeout))
+
+    # -- state --------------------------------------------------------------
+
+    def qsize(self) -> int:
+        """The number of objects queued now (a snapshot). ``ValueError`` if closed."""
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        return self._ring.qsize()
+
+    def empty(self) -> bool:
+        """True if nothing is queued now (a snapshot). ``ValueError`` if closed."""
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """True if ``maxsize`` items are queued now (a snapshot).
+
+        A queue without ``maxsize`` is never full by this test, although a
+        put may still wait for bytes of room.  ``ValueError`` if closed.
+        """
+        return self._maxsize > 0 and self.qsize() >= self._maxsize
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the queue down for every handle, as ``queue.Queue.shutdown``.
+
+        Further puts raise ``ShutDown``; gets drain what is queued (nothing
+        if ``immediate``) and then raise ``ShutDown``; blocked callers wake.
+        ``ValueError`` if this handle is closed.
+        """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        self._ring.shutdown(immediate)
+
+    # -- lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach this handle; in the creating process, also remove the name.
+
+        Idempotent.  Afterwards every method raises ``ValueError``.  Other
+        processes already attached keep working; new ones can no longer
+        attach.  Raises nothing else.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._put = self._get = self._raise_closed
+        if self._finalizer is not None:
+            self._finalizer()
+        else:
+            self._ring.close()
+
+    def _raise_closed(self, *args: Any) -> Any:
+        """Stands in for the ring's put and get once this handle is closed."""
+        raise ValueError(f"{self!r} is closed")
+
+    def join_thread(self) -> None:
+        """Does nothing: there is no feeder thread, ``put`` has already
+        delivered everything.  Kept so code written for
+        ``multiprocessing.Queue`` runs unchanged."""
+
+    def cancel_join_thread(self) -> None:
+        """Does nothing, for the same reason as ``join_thread``."""
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
+        # By name: the receiving process attaches to the same segment.  A
+        # custom dumps/loads travels by reference, as pickle sends functions.
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        if self._dumps is not None or self._loads is not pickle.loads:
+            return (_attach, (self._name, self._dumps, self._loads))
+        return (_attach, (self._name,))
+
+
+_pickle_dumps = pickle.dumps
+
+
+def _dumps5(obj: Any) -> bytes:
+    """The default serializer: pickle protocol 5."""
+    return pickle.dumps(obj, PROTOCOL)
+
+
+def _attach(name: str, dumps: Optional[Dumps] = None, loads: Optional[Loads] = None) -> Queue:
+    """Rebuild an unpickled ``Queue``: attach by name, never own."""
+    return Queue(name=name, create=False, dumps=dumps, loads=loads)
