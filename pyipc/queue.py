@@ -101,7 +101,7 @@ class Queue:
         # multiprocessing.Queue treats maxsize <= 0 as "no bound"; so do we.
         bound = max(0, maxsize)
         self._closed = True  # until the ring exists, for __repr__ and __del__ paths
-        self._finalizer: Optional[Finalize[None, Any]] = None
+        self._finalizer: Optional[Finalize[None]] = None
         if create:
             ring = RingBuffer(
                 name, create=True, capacity=capacity, mode=mode, max_messages=bound
