@@ -14,11 +14,15 @@ handle that only attached (an unpickled copy in a child, or
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from multiprocessing.util import Finalize
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
+from ._core import ffi, lib
+from ._util import FOREVER, deadline
+from .errors import Empty, Full, MessageTooLarge, ShutDown, error_from
 from .ring import RingBuffer
 
 __all__ = ["Queue"]
@@ -26,9 +30,35 @@ __all__ = ["Queue"]
 Dumps = Callable[[Any], Any]
 Loads = Callable[[Any], Any]
 
-# Protocol 5 is the first with out-of-band buffers, and it is what
-# ``pickle.dumps(obj, 5)`` always starts with: b"\x80\x05".
 PROTOCOL = 5
+
+# put() and get() are the hot path: for small objects the pickling and the
+# ring's C call take about as long as one more layer of Python calls would.
+# So they call the C core directly, on a handle of their own attached to the
+# same segment (the public C API of ring_api.h), with the C functions and
+# constants bound here once.  Everything else goes through the RingBuffer.
+_lib_put = lib.pyipc_ring_put
+_lib_get = lib.pyipc_ring_get
+_unpack = ffi.unpack
+_from_buffer = ffi.from_buffer
+_NULL = ffi.NULL
+_EINTR = -errno.EINTR
+_EAGAIN = -errno.EAGAIN
+_ETIMEDOUT = -errno.ETIMEDOUT
+_EMSGSIZE = -errno.EMSGSIZE
+_ESHUTDOWN = -errno.ESHUTDOWN
+_EBADF = -errno.EBADF
+_pickle_dumps = pickle.dumps
+
+# A receive buffer: (char[] cdata, its size, a uint64_t* for "needed").
+# Buffers are pooled per handle; a list's pop() and append() are atomic
+# under the GIL, so threads sharing a Queue never share a buffer.
+_RecvBuf = Tuple[Any, int, Any]
+_FIRST_BUFFER = 64 * 1024
+
+
+def _new_recv_buf(size: int) -> _RecvBuf:
+    return (ffi.new("char[]", size), size, ffi.new("uint64_t *"))
 
 
 def _release(ring: RingBuffer, owner_pid: int) -> None:
@@ -79,8 +109,8 @@ class Queue:
         "_closed",
         "_dumps",
         "_loads",
-        "_put",
-        "_get",
+        "_h",
+        "_bufs",
         "_finalizer",
         "__weakref__",
     )
@@ -100,7 +130,8 @@ class Queue:
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
         # multiprocessing.Queue treats maxsize <= 0 as "no bound"; so do we.
         bound = max(0, maxsize)
-        self._closed = True  # until the ring exists, for __repr__ and __del__ paths
+        self._closed = True  # until the ring exists, for __repr__
+        self._h: Any = None
         self._finalizer: Optional[Finalize[None]] = None
         if create:
             ring = RingBuffer(
@@ -112,14 +143,20 @@ class Queue:
             ring = RingBuffer(name, create=False)
         self._ring = ring
         self._name: str = ring.name
+        out = ffi.new("pyipc_ring **")
+        rc = lib.pyipc_ring_attach(os.fsencode("/" + ring.name), out)
+        if rc < 0:
+            if create:
+                _release(ring, os.getpid())
+            else:
+                ring.close()
+            raise error_from(rc, ring.name)
+        self._h = ffi.gc(out[0], lib.pyipc_ring_free)
+        self._bufs: List[_RecvBuf] = []
         self._maxsize: int = ring.max_messages
         # None selects the inlined pickle.dumps(obj, 5) in put().
         self._dumps: Optional[Dumps] = dumps
         self._loads: Loads = loads if loads is not None else pickle.loads
-        # Bound once: put() and get() are the hot path, and an attribute
-        # lookup plus a method binding per call is measurable there.
-        self._put: Callable[[Any, bool, Optional[float]], None] = ring.put
-        self._get: Callable[[bool, Optional[float]], Any] = ring.get
         self._closed = False
         if create:
             # multiprocessing's Finalize rather than weakref.finalize: it runs
@@ -176,12 +213,45 @@ class Queue:
         if the pickle can never fit; ``ShutDown`` after ``shutdown()``;
         ``ValueError`` if this handle is closed or ``timeout`` is negative.
         """
-        # The hot path: one pickle, one ring call.  No closed check here:
-        # close() swaps _put for a function that raises ValueError.
+        h = self._h
+        if h is None:
+            raise ValueError(f"{self!r} is closed")
         if self._dumps is None:
-            self._put(_pickle_dumps(obj, PROTOCOL), block, timeout)
+            data = _pickle_dumps(obj, PROTOCOL)
         else:
-            self._put(self._dumps(obj), block, timeout)
+            data = self._dumps(obj)
+            if type(data) is not bytes:
+                # cffi passes bytes as they are; anything else bytes-like
+                # (TypeError if it is not) needs a view.
+                data = _from_buffer(data)
+        d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        rc = _lib_put(h, data, len(data), d, _NULL)
+        if rc:
+            self._put_again(h, data, d, rc)
+
+    def _put_again(self, h: Any, data: Any, d: int, rc: int) -> None:
+        """put()'s slow path: retry after -EINTR, else raise for ``rc``."""
+        while rc == _EINTR:
+            # The C wait returns every slice or on a signal, so that pending
+            # signal handlers (Ctrl-C) run here, between two calls.
+            rc = _lib_put(h, data, len(data), d, _NULL)
+        if rc == 0:
+            return
+        if rc in (_EAGAIN, _ETIMEDOUT):
+            raise Full("no room in the queue" + (" in time" if rc == _ETIMEDOUT else ""))
+        if rc == _EMSGSIZE:
+            raise MessageTooLarge(
+                f"the pickled object ({len(data)} bytes) can never fit: "
+                f"max_message_size is {self._ring.max_message_size}"
+            )
+        raise self._error(rc)
+
+    def _error(self, rc: int) -> Exception:
+        if rc == _ESHUTDOWN:
+            return ShutDown(f"queue {self._name!r} is shut down")
+        if rc == _EBADF:
+            return ValueError(f"{self!r} is closed")
+        return error_from(rc, self._name)
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``: raises ``Full`` at once if there is no room."""
@@ -213,8 +283,40 @@ class Queue:
         drained; ``ValueError`` if this handle is closed or ``timeout`` is
         negative; and whatever unpickling raises.
         """
-        # As in put: close() swaps _get for a function raising ValueError.
-        return self._loads(self._get(block, timeout))
+        h = self._h
+        if h is None:
+            raise ValueError(f"{self!r} is closed")
+        d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        bufs = self._bufs
+        rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
+        buf, size, need = rbuf
+        n = _lib_get(h, buf, size, d, need)
+        if n >= 0:
+            data = _unpack(buf, n)
+            bufs.append(rbuf)
+        else:
+            data = self._get_again(h, rbuf, d, n)
+        return self._loads(data)
+
+    def _get_again(self, h: Any, rbuf: _RecvBuf, d: int, n: int) -> bytes:
+        """get()'s slow path: retry after -EINTR, grow the buffer for a
+        large message, else raise for ``n``.  Returns the message."""
+        try:
+            while True:
+                if n == _EMSGSIZE:
+                    # The message stays queued until a buffer fits it.
+                    rbuf = _new_recv_buf(max(rbuf[2][0], 2 * rbuf[1]))
+                elif n != _EINTR:
+                    break
+                buf, size, need = rbuf
+                n = _lib_get(h, buf, size, d, need)
+                if n >= 0:
+                    return _unpack(buf, n)  # type: ignore[no-any-return]
+        finally:
+            self._bufs.append(rbuf)
+        if n in (_EAGAIN, _ETIMEDOUT):
+            raise Empty("nothing in the queue" + (" in time" if n == _ETIMEDOUT else ""))
+        raise self._error(n)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``: raises ``Empty`` at once if nothing is queued."""
@@ -300,15 +402,14 @@ class Queue:
         if self._closed:
             return
         self._closed = True
-        self._put = self._get = self._raise_closed
+        h, self._h = self._h, None
+        self._bufs = []
+        # Waits for put()/get() calls in other threads to leave the handle.
+        lib.pyipc_ring_close(h)
         if self._finalizer is not None:
             self._finalizer()
         else:
             self._ring.close()
-
-    def _raise_closed(self, *args: Any) -> Any:
-        """Stands in for the ring's put and get once this handle is closed."""
-        raise ValueError(f"{self!r} is closed")
 
     def join_thread(self) -> None:
         """Does nothing: there is no feeder thread, ``put`` has already
@@ -332,9 +433,6 @@ class Queue:
         if self._dumps is not None or self._loads is not pickle.loads:
             return (_attach, (self._name, self._dumps, self._loads))
         return (_attach, (self._name,))
-
-
-_pickle_dumps = pickle.dumps
 
 
 def _dumps5(obj: Any) -> bytes:
