@@ -49,16 +49,19 @@ _EMSGSIZE = -errno.EMSGSIZE
 _ESHUTDOWN = -errno.ESHUTDOWN
 _EBADF = -errno.EBADF
 _pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
 
-# A receive buffer: (char[] cdata, its size, a uint64_t* for "needed").
-# Buffers are pooled per handle; a list's pop() and append() are atomic
-# under the GIL, so threads sharing a Queue never share a buffer.
-_RecvBuf = Tuple[Any, int, Any]
+# A receive buffer: (char[] cdata, its size, a uint64_t* for "needed", a
+# memoryview of the whole buffer).  Buffers are pooled per handle; a list's
+# pop() and append() are atomic under the GIL, so threads sharing a Queue
+# never share a buffer.
+_RecvBuf = Tuple[Any, int, Any, memoryview]
 _FIRST_BUFFER = 64 * 1024
 
 
 def _new_recv_buf(size: int) -> _RecvBuf:
-    return (ffi.new("char[]", size), size, ffi.new("uint64_t *"))
+    buf = ffi.new("char[]", size)
+    return (buf, size, ffi.new("uint64_t *"), memoryview(ffi.buffer(buf)))
 
 
 def _release(ring: RingBuffer, owner_pid: int) -> None:
@@ -289,14 +292,19 @@ class Queue:
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
         bufs = self._bufs
         rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
-        buf, size, need = rbuf
+        buf, size, need, view = rbuf
         n = _lib_get(h, buf, size, d, need)
-        if n >= 0:
-            data = _unpack(buf, n)
-            bufs.append(rbuf)
-        else:
-            data = self._get_again(h, rbuf, d, n)
-        return self._loads(data)
+        if n < 0:
+            return self._loads(self._get_again(h, rbuf, d, n))
+        if self._loads is _pickle_loads:
+            # pickle.loads copies whatever it builds out of its input, so it
+            # can read the pooled buffer in place: one bytes object fewer.
+            try:
+                return _pickle_loads(view[:n])
+            finally:
+                bufs.append(rbuf)
+        bufs.append(rbuf)
+        return self._loads(_unpack(buf, n))
 
     def _get_again(self, h: Any, rbuf: _RecvBuf, d: int, n: int) -> bytes:
         """get()'s slow path: retry after -EINTR, grow the buffer for a
@@ -308,7 +316,7 @@ class Queue:
                     rbuf = _new_recv_buf(max(rbuf[2][0], 2 * rbuf[1]))
                 elif n != _EINTR:
                     break
-                buf, size, need = rbuf
+                buf, size, need, _ = rbuf
                 n = _lib_get(h, buf, size, d, need)
                 if n >= 0:
                     return _unpack(buf, n)  # type: ignore[no-any-return]

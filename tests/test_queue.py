@@ -190,6 +190,43 @@ def test_blocked_get_wakes_for_a_put_from_another_thread(q: Queue) -> None:
         t.join()
 
 
+@pytest.mark.timeout(60)
+def test_threads_sharing_one_handle(q: Queue) -> None:
+    """Threads putting and getting on one handle deliver every object once, whole."""
+    n_producers, per_producer, n_consumers = 3, 3000, 3
+    got: list[Any] = []
+    lock = threading.Lock()
+
+    def produce(p: int) -> None:
+        for i in range(per_producer):
+            # Mixed sizes, so that some need more than the first receive buffer.
+            q.put((p, i, b"x" * (100_000 if i % 500 == 0 else i % 50)))
+
+    def consume() -> None:
+        while True:
+            item = q.get(timeout=30)
+            if item is None:
+                return
+            with lock:
+                got.append(item)
+
+    consumers = [threading.Thread(target=consume) for _ in range(n_consumers)]
+    producers = [threading.Thread(target=produce, args=(p,)) for p in range(n_producers)]
+    for t in consumers + producers:
+        t.start()
+    for t in producers:
+        t.join()
+    for _ in consumers:
+        q.put(None)
+    for t in consumers:
+        t.join()
+    assert len(got) == n_producers * per_producer
+    assert sorted((p, i) for p, i, _ in got) == [
+        (p, i) for p in range(n_producers) for i in range(per_producer)
+    ]
+    assert all(len(b) == (100_000 if i % 500 == 0 else i % 50) for _, i, b in got)
+
+
 def test_shutdown_drains_then_raises(q: Queue) -> None:
     """After shutdown, puts raise ShutDown; gets drain what is queued first."""
     q.put(1)
