@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import struct
 from multiprocessing.util import Finalize
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
@@ -62,6 +63,116 @@ _FIRST_BUFFER = 64 * 1024
 def _new_recv_buf(size: int) -> _RecvBuf:
     buf = ffi.new("char[]", size)
     return (buf, size, ffi.new("uint64_t *"), memoryview(ffi.buffer(buf)))
+
+
+# ---- large buffers out of band ----------------------------------------------
+#
+# Pickling a large buffer in-band is slow: the pickler grows its output as it
+# goes, and the unpickler copies the data out again.  With protocol 5 the
+# buffer can travel beside the pickle instead.  A message is then one ring
+# record, framed as
+#
+#     header (16 bytes): tag, number of buffers, pickle length
+#     buffer lengths (8 bytes each)
+#     the pickle, then each buffer, every part starting 16-byte aligned
+#
+# and the receiver takes it straight into a bytearray of its own, which the
+# unpickled objects (NumPy arrays) then view without another copy, writable.
+# A top-level bytes or bytearray travels the same way without any pickle.
+#
+# Only buffers of at least _OOB_MIN bytes go out of band, so every framed
+# message is larger than the pooled receive buffers (_FIRST_BUFFER): get()'s
+# fast path only ever sees plain pickles, which start with the PROTO opcode
+# b"\x80", and never looks at a tag.
+_OOB_MIN = _FIRST_BUFFER
+_TAG_PICKLE = 1
+_TAG_BYTES = 2
+_TAG_BYTEARRAY = 3
+_HEAD = struct.Struct("<B3xIQ")  # tag, number of buffers, pickle length
+_ALIGN = 16
+_RAW_TYPES = frozenset((bytes, bytearray))
+_ZEROS = bytes(_ALIGN)
+
+
+class _HasLargeBuffer(Exception):
+    """Raised by put()'s buffer_callback to switch to the framed encoding."""
+
+
+def _no_large_buffers(pb: pickle.PickleBuffer) -> bool:
+    """put()'s buffer_callback: small buffers stay in-band (True); a large
+    one aborts the pickling early, before it is copied into the pickle."""
+    if pb.raw().nbytes >= _OOB_MIN:
+        raise _HasLargeBuffer
+    return True
+
+
+def _pad(n: int) -> int:
+    return -n % _ALIGN
+
+
+def _frame(tag: int, pickled: bytes, bufs: List[memoryview]) -> bytes:
+    """Join header, lengths, pickle and buffers into one message (one copy)."""
+    lens = [m.nbytes for m in bufs]
+    head = _HEAD.pack(tag, len(bufs), len(pickled)) + struct.pack(f"<{len(lens)}Q", *lens)
+    parts: List[Any] = [head]
+    off = len(head)
+    for part, size in [(pickled, len(pickled)), *zip(bufs, lens)]:
+        pad = _pad(off)
+        parts.append(_ZEROS[:pad])
+        parts.append(part)
+        off += pad + size
+    return b"".join(parts)
+
+
+def _encode(obj: Any) -> bytes:
+    """The default serializer: pickle protocol 5, large buffers out of band."""
+    tp = type(obj)
+    if (tp is bytes or tp is bytearray) and len(obj) >= _OOB_MIN:
+        return _frame(_TAG_BYTES if tp is bytes else _TAG_BYTEARRAY, b"", [memoryview(obj)])
+    try:
+        return _pickle_dumps(obj, PROTOCOL, buffer_callback=_no_large_buffers)
+    except _HasLargeBuffer:
+        pass
+    bufs: List[memoryview] = []
+
+    def collect(pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        if raw.nbytes < _OOB_MIN:
+            return True
+        bufs.append(raw)
+        return False
+
+    return _frame(_TAG_PICKLE, _pickle_dumps(obj, PROTOCOL, buffer_callback=collect), bufs)
+
+
+def _decode(data: Any) -> Any:
+    """The default deserializer, for a plain pickle or a framed message."""
+    tag = data[0] if len(data) else 0
+    if tag not in (_TAG_PICKLE, _TAG_BYTES, _TAG_BYTEARRAY):
+        return _pickle_loads(data)
+    if type(data) is not bytearray:
+        # From get_many or get_async, as bytes: the objects must not view
+        # read-only memory, so take a writable copy first.
+        data = bytearray(data)
+    tag, nbufs, plen = _HEAD.unpack_from(data)
+    lens = struct.unpack_from(f"<{nbufs}Q", data, _HEAD.size)
+    off = _HEAD.size + 8 * nbufs
+    off += _pad(off)
+    starts = []
+    pos = off + plen
+    for n in lens:
+        pos += _pad(pos)
+        starts.append(pos)
+        pos += n
+    if tag == _TAG_BYTEARRAY:
+        # Deleting from the front of a bytearray moves its start: no copy.
+        del data[: starts[0]]
+        return data
+    view = memoryview(data)
+    if tag == _TAG_BYTES:
+        return bytes(view[starts[0] : starts[0] + lens[0]])
+    buffers = [view[a : a + n] for a, n in zip(starts, lens)]
+    return _pickle_loads(view[off : off + plen], buffers=buffers)
 
 
 def _release(ring: RingBuffer, owner_pid: int) -> None:
@@ -114,6 +225,7 @@ class Queue:
         "_loads",
         "_h",
         "_bufs",
+        "_framed",
         "_finalizer",
         "__weakref__",
     )
@@ -160,6 +272,9 @@ class Queue:
         # None selects the inlined pickle.dumps(obj, 5) in put().
         self._dumps: Optional[Dumps] = dumps
         self._loads: Loads = loads if loads is not None else pickle.loads
+        # The default serializer frames large buffers out of band (see
+        # _encode); custom ones get their own bytes untouched.
+        self._framed = dumps is None and loads is None
         self._closed = False
         if create:
             # multiprocessing's Finalize rather than weakref.finalize: it runs
@@ -220,7 +335,14 @@ class Queue:
         if h is None:
             raise ValueError(f"{self!r} is closed")
         if self._dumps is None:
-            data = _pickle_dumps(obj, PROTOCOL)
+            # _encode(obj), inlined for the common case of a small object.
+            if type(obj) in _RAW_TYPES and len(obj) >= _OOB_MIN:
+                data = _encode(obj)
+            else:
+                try:
+                    data = _pickle_dumps(obj, PROTOCOL, buffer_callback=_no_large_buffers)
+                except _HasLargeBuffer:
+                    data = _encode(obj)
         else:
             data = self._dumps(obj)
             if type(data) is not bytes:
@@ -273,7 +395,7 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed")
-        dumps = self._dumps or _dumps5
+        dumps = self._dumps or _encode
         return self._ring.put_many([dumps(obj) for obj in objs], block, timeout)
 
     # -- getting ------------------------------------------------------------
@@ -295,8 +417,8 @@ class Queue:
         buf, size, need, view = rbuf
         n = _lib_get(h, buf, size, d, need)
         if n < 0:
-            return self._loads(self._get_again(h, rbuf, d, n))
-        if self._loads is _pickle_loads:
+            return self._get_again(h, rbuf, d, n)
+        if self._framed:
             # pickle.loads copies whatever it builds out of its input, so it
             # can read the pooled buffer in place: one bytes object fewer.
             try:
@@ -306,25 +428,49 @@ class Queue:
         bufs.append(rbuf)
         return self._loads(_unpack(buf, n))
 
-    def _get_again(self, h: Any, rbuf: _RecvBuf, d: int, n: int) -> bytes:
-        """get()'s slow path: retry after -EINTR, grow the buffer for a
-        large message, else raise for ``n``.  Returns the message."""
+    def _get_again(self, h: Any, rbuf: _RecvBuf, d: int, n: int) -> Any:
+        """get()'s slow path: retry after -EINTR, take a message larger than
+        the pooled buffer, else raise for ``n``.  Returns the object."""
+        buf, size, need, _ = rbuf
         try:
-            while True:
-                if n == _EMSGSIZE:
-                    # The message stays queued until a buffer fits it.
-                    rbuf = _new_recv_buf(max(rbuf[2][0], 2 * rbuf[1]))
-                elif n != _EINTR:
-                    break
-                buf, size, need, _ = rbuf
+            while n == _EINTR:
+                # The C wait returns every slice or on a signal, so that
+                # pending signal handlers (Ctrl-C) run here, between calls.
                 n = _lib_get(h, buf, size, d, need)
-                if n >= 0:
-                    return _unpack(buf, n)  # type: ignore[no-any-return]
+            if n >= 0:
+                data = _unpack(buf, n)
+                return _decode(data) if self._framed else self._loads(data)
+            needed = int(need[0])
         finally:
             self._bufs.append(rbuf)
+        if n == _EMSGSIZE:
+            data = self._get_large(h, d, needed)
+            return _decode(data) if self._framed else self._loads(data)
+        raise self._get_error(n)
+
+    def _get_large(self, h: Any, d: int, size: int) -> bytearray:
+        """Take the next message, known to be about ``size`` bytes, into a
+        bytearray of its own: framed objects keep viewing it."""
+        need = ffi.new("uint64_t *")
+        data = bytearray(size)
+        while True:
+            with _from_buffer(data) as buf:
+                n = _lib_get(h, buf, len(data), d, need)
+            if n >= 0:
+                if n < len(data):
+                    # Another consumer took the large one; this one is smaller.
+                    del data[n:]
+                return data
+            if n == _EMSGSIZE:
+                # ... or a larger one came first.
+                data = bytearray(int(need[0]))
+            elif n != _EINTR:
+                raise self._get_error(n)
+
+    def _get_error(self, n: int) -> Exception:
         if n in (_EAGAIN, _ETIMEDOUT):
-            raise Empty("nothing in the queue" + (" in time" if n == _ETIMEDOUT else ""))
-        raise self._error(n)
+            return Empty("nothing in the queue" + (" in time" if n == _ETIMEDOUT else ""))
+        return self._error(n)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``: raises ``Empty`` at once if nothing is queued."""
@@ -340,7 +486,7 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed")
-        loads = self._loads
+        loads = _decode if self._framed else self._loads
         return [loads(m) for m in self._ring.get_many(max_messages, block, timeout)]
 
     # -- asyncio ------------------------------------------------------------
@@ -355,7 +501,7 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed")
-        await self._ring.put_async((self._dumps or _dumps5)(obj), timeout=timeout)
+        await self._ring.put_async((self._dumps or _encode)(obj), timeout=timeout)
 
     async def get_async(self, timeout: Optional[float] = None) -> Any:
         """Get an object without blocking the event loop (``RingBuffer.get_async``).
@@ -365,7 +511,8 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed")
-        return self._loads(await self._ring.get_async(timeout=timeout))
+        data = await self._ring.get_async(timeout=timeout)
+        return _decode(data) if self._framed else self._loads(data)
 
     # -- state --------------------------------------------------------------
 
@@ -441,11 +588,6 @@ class Queue:
         if self._dumps is not None or self._loads is not pickle.loads:
             return (_attach, (self._name, self._dumps, self._loads))
         return (_attach, (self._name,))
-
-
-def _dumps5(obj: Any) -> bytes:
-    """The default serializer: pickle protocol 5."""
-    return pickle.dumps(obj, PROTOCOL)
 
 
 def _attach(name: str, dumps: Optional[Dumps] = None, loads: Optional[Loads] = None) -> Queue:

@@ -380,15 +380,76 @@ def test_exports() -> None:
 
 
 def test_numpy_arrays_arrive_equal_and_writable(q: Queue) -> None:
-    """A large NumPy array comes back equal and writable, like a copy."""
+    """NumPy arrays, large (out of band) or small, C or Fortran order, come
+    back equal, writable and independent of the sender's."""
     np = pytest.importorskip("numpy")
-    a = np.arange(100_000, dtype=np.float64).reshape(100, 1000)
-    q.put(a)
-    b = q.get()
-    assert b.dtype == a.dtype and b.shape == a.shape
-    assert (b == a).all()
-    b[0, 0] = -1.0
-    assert a[0, 0] == 0.0
+    arrays = [
+        np.arange(100_000, dtype=np.float64).reshape(100, 1000),
+        np.asfortranarray(np.arange(40_000, dtype=np.int32).reshape(200, 200)),
+        np.arange(10, dtype=np.int16),
+        np.arange(100_000, dtype=np.float64)[::2],  # not contiguous: in-band
+    ]
+    for a in arrays:
+        q.put(a)
+        b = q.get()
+        assert b.dtype == a.dtype and b.shape == a.shape
+        assert (b == a).all()
+        assert b.flags.writeable
+        b.flat[0] = -1
+        assert a.flat[0] != -1
+
+
+def test_large_buffers_nested_in_containers(q: Queue) -> None:
+    """Large arrays inside containers travel out of band and come back whole."""
+    np = pytest.importorskip("numpy")
+    obj = {"x": np.ones(50_000), "rest": [np.zeros(3), b"y" * 70_000, (1, np.arange(30_000))]}
+    q.put(obj)
+    got = q.get()
+    assert (got["x"] == obj["x"]).all() and got["x"].flags.writeable
+    assert (got["rest"][0] == 0).all()
+    assert got["rest"][1] == obj["rest"][1]
+    assert (got["rest"][2][1] == obj["rest"][2][1]).all()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 65_537, 1_000_000])
+def test_bytes_and_bytearray_of_any_size(q: Queue, size: int) -> None:
+    """bytes and bytearray keep their type and content across the size at
+    which they start to travel out of band."""
+    data = bytes(i % 251 for i in range(size))
+    q.put(data)
+    got_bytes = q.get()
+    q.put(bytearray(data))
+    got_bytearray = q.get()
+    assert type(got_bytes) is bytes and got_bytes == data
+    assert type(got_bytearray) is bytearray and got_bytearray == data
+
+
+def test_large_objects_through_get_many_and_async(shm_name: NameFactory) -> None:
+    """Framed messages decode the same through get_many and get_async."""
+    np = pytest.importorskip("numpy")
+    a = np.arange(50_000, dtype=np.float64)
+    with Queue(name=shm_name(), capacity=4 << 20) as qq:
+        qq.put_many([a, b"z" * 100_000, bytearray(100_000)])
+        got: list[Any] = []
+        while len(got) < 3:  # get_many may return fewer than asked
+            got += qq.get_many(3 - len(got), timeout=5)
+        assert (got[0] == a).all() and got[0].flags.writeable
+        assert got[1] == b"z" * 100_000 and type(got[2]) is bytearray
+
+        async def main() -> Any:
+            await qq.put_async(a)
+            return await qq.get_async(timeout=5)
+
+        b = asyncio.run(main())
+        assert (b == a).all() and b.flags.writeable
+
+
+def test_large_object_over_max_message_size(shm_name: NameFactory) -> None:
+    """A framed object larger than the ring can hold raises MessageTooLarge."""
+    with Queue(name=shm_name(), capacity=64 * 1024) as qq:
+        with pytest.raises(MessageTooLarge):
+            qq.put(bytes(100_000))
+        assert qq.empty()
 
 
 # -- asyncio ----------------------------------------------------------------

@@ -56,6 +56,14 @@ def _inherit_and_close(q: Any) -> None:
     q.close()
 
 
+def _send_arrays(q: Any, n: int) -> None:
+    import numpy as np
+
+    for i in range(n):
+        q.put((i, np.full(100_000 + i, i, dtype=np.float64), bytes([i]) * 70_000))
+    q.put(None)
+
+
 def _put_many_in_child(q: Any, n: int) -> None:
     q.put_many(range(n))
     q.put(None)
@@ -234,3 +242,23 @@ def test_forked_child_inheriting_the_object_keeps_it(shm_name: NameFactory) -> N
         assert p.exitcode == 0
         assert shm_exists(q.name)
         assert q.get(timeout=5) == "from the forked child"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_large_arrays_from_a_child(method: str, shm_name: NameFactory) -> None:
+    """Large NumPy arrays and bytes from a child arrive whole, in order, writable."""
+    pytest.importorskip("numpy")
+    ctx = mp.get_context(method)
+    with Queue(name=shm_name(), capacity=2 << 20) as q:
+        p = ctx.Process(target=_send_arrays, args=(q, 20))
+        p.start()
+        try:
+            got = list(iter(lambda: q.get(timeout=30), None))
+        finally:
+            p.join(30)
+        assert p.exitcode == 0
+        assert [i for i, _, _ in got] == list(range(20))
+        for i, a, b in got:
+            assert a.shape == (100_000 + i,) and (a == i).all() and a.flags.writeable
+            assert b == bytes([i]) * 70_000
