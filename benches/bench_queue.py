@@ -7,6 +7,7 @@ them see the same machine load, and the median rate is reported with its
 ratio to each baseline.  Not part of the test run; prints, never asserts.
 
     python benches/bench_queue.py [--count N] [--rounds R] [--start fork|spawn]
+                                  [--payload tuple|numpy-1m|bytes-1m]
 """
 from __future__ import annotations
 
@@ -16,13 +17,23 @@ import statistics
 import time
 from typing import Any, Callable, Dict, List
 
-ITEM = (1, 2, 3, 4, 5)
+ITEM: Any = (1, 2, 3, 4, 5)
 
 
-def _produce(q: Any, n: int, go: Any, batch: int) -> None:
+def _make_item(payload: str) -> Any:
+    if payload == "numpy-1m":
+        import numpy as np
+
+        return np.arange(1 << 17, dtype=np.float64)
+    if payload == "bytes-1m":
+        return bytes(1 << 20)
+    return (1, 2, 3, 4, 5)
+
+
+def _produce(q: Any, n: int, go: Any, batch: int, payload: str) -> None:
     go.wait()
     put = q.put
-    item = ITEM
+    item = _make_item(payload)
     if batch > 1:
         put_many = q.put_many
         chunk = [item] * batch
@@ -34,11 +45,11 @@ def _produce(q: Any, n: int, go: Any, batch: int) -> None:
     put(None)
 
 
-def _run(make: Callable[[], Any], n: int, ctx: Any, batch: int = 1) -> float:
+def _run(make: Callable[[], Any], n: int, ctx: Any, batch: int = 1, payload: str = "tuple") -> float:
     """Return messages per second for one round."""
     q = make()
     go = ctx.Event()
-    p = ctx.Process(target=_produce, args=(q, n, go, batch))
+    p = ctx.Process(target=_produce, args=(q, n, go, batch, payload))
     p.start()
     get = q.get
     # The producer waits for `go`, so process start-up is not timed.
@@ -69,31 +80,33 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
+    ap.add_argument("--payload", default="tuple", choices=["tuple", "numpy-1m", "bytes-1m"])
     args = ap.parse_args()
     ctx = mp.get_context(args.start)
+    large = args.payload != "tuple"
+    # Large payloads need rings that hold a few of them.
+    ring_bytes = 8 << 20 if large else 1 << 20
 
     import pyipc
 
     makers: Dict[str, Callable[[], Any]] = {
-        "pyipc.Queue": lambda: pyipc.Queue(),
+        "pyipc.Queue": lambda: pyipc.Queue(capacity=ring_bytes),
         "multiprocessing.Queue": lambda: ctx.Queue(),
     }
     try:
         import faster_fifo
 
-        makers["faster_fifo.Queue"] = lambda: faster_fifo.Queue(max_size_bytes=1 << 20)
+        makers["faster_fifo.Queue"] = lambda: faster_fifo.Queue(max_size_bytes=ring_bytes)
     except ImportError:
         print("faster_fifo is not installed: pip install faster-fifo")
 
     rates: Dict[str, List[float]] = {k: [] for k in makers}
     for _ in range(args.rounds):
         for label, make in makers.items():
-            # multiprocessing.Queue is slow: fewer messages keep rounds short.
-            n = args.count // 4 if label.startswith("multiprocessing") else args.count
-            rates[label].append(_run(make, n, ctx))
+            rates[label].append(_run(make, args.count, ctx, payload=args.payload))
 
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"{args.rounds} rounds, {args.start}, object {ITEM!r}")
+    print(f"{args.rounds} rounds of {args.count} messages, {args.start}, payload {args.payload}")
     for label, rate in med.items():
         spread = f"{min(rates[label]):,.0f}..{max(rates[label]):,.0f}"
         print(f"  {label:24s} {rate:12,.0f} msg/s  (median; range {spread})")

@@ -145,17 +145,16 @@ def _encode(obj: Any) -> bytes:
     return _frame(_TAG_PICKLE, _pickle_dumps(obj, PROTOCOL, buffer_callback=collect), bufs)
 
 
-def _decode(data: Any) -> Any:
-    """The default deserializer, for a plain pickle or a framed message."""
-    tag = data[0] if len(data) else 0
-    if tag not in (_TAG_PICKLE, _TAG_BYTES, _TAG_BYTEARRAY):
-        return _pickle_loads(data)
-    if type(data) is not bytearray:
-        # From get_many or get_async, as bytes: the objects must not view
-        # read-only memory, so take a writable copy first.
-        data = bytearray(data)
+def _is_framed(data: Any) -> bool:
+    """A framed message, rather than a plain pickle (which starts b"\x80")?"""
+    return len(data) > 0 and data[0] in (_TAG_PICKLE, _TAG_BYTES, _TAG_BYTEARRAY)
+
+
+def _layout(data: Any, size: int) -> Tuple[int, int, int, List[int], List[int]]:
+    """Parse a framed message of ``size`` bytes at the start of ``data``:
+    tag, pickle offset and length, buffer offsets and lengths."""
     tag, nbufs, plen = _HEAD.unpack_from(data)
-    lens = struct.unpack_from(f"<{nbufs}Q", data, _HEAD.size)
+    lens = list(struct.unpack_from(f"<{nbufs}Q", data, _HEAD.size))
     off = _HEAD.size + 8 * nbufs
     off += _pad(off)
     starts = []
@@ -164,13 +163,32 @@ def _decode(data: Any) -> Any:
         pos += _pad(pos)
         starts.append(pos)
         pos += n
+    if pos > size:
+        raise pickle.UnpicklingError("truncated out-of-band message")
+    return tag, off, plen, starts, lens
+
+
+def _decode(data: Any) -> Any:
+    """The default deserializer, for a plain pickle or a framed message.
+
+    ``data`` is a bytearray that the result may keep viewing (from
+    get_large), or bytes (from get_many and get_async).
+    """
+    if not _is_framed(data):
+        return _pickle_loads(data)
+    tag, off, plen, starts, lens = _layout(data, len(data))
+    if tag == _TAG_BYTES:
+        return bytes(memoryview(data)[starts[0] : starts[0] + lens[0]])
+    if type(data) is not bytearray:
+        # Bytes are read-only: the objects must not view them, so take a
+        # writable copy first.
+        data = bytearray(data)
     if tag == _TAG_BYTEARRAY:
         # Deleting from the front of a bytearray moves its start: no copy.
+        del data[starts[0] + lens[0] :]
         del data[: starts[0]]
         return data
     view = memoryview(data)
-    if tag == _TAG_BYTES:
-        return bytes(view[starts[0] : starts[0] + lens[0]])
     buffers = [view[a : a + n] for a, n in zip(starts, lens)]
     return _pickle_loads(view[off : off + plen], buffers=buffers)
 
@@ -225,6 +243,7 @@ class Queue:
         "_loads",
         "_h",
         "_bufs",
+        "_spares",
         "_framed",
         "_finalizer",
         "__weakref__",
@@ -268,6 +287,7 @@ class Queue:
             raise error_from(rc, ring.name)
         self._h = ffi.gc(out[0], lib.pyipc_ring_free)
         self._bufs: List[_RecvBuf] = []
+        self._spares: List[bytearray] = []  # at most one, see _get_large
         self._maxsize: int = ring.max_messages
         # None selects the inlined pickle.dumps(obj, 5) in put().
         self._dumps: Optional[Dumps] = dumps
@@ -444,28 +464,51 @@ class Queue:
         finally:
             self._bufs.append(rbuf)
         if n == _EMSGSIZE:
-            data = self._get_large(h, d, needed)
-            return _decode(data) if self._framed else self._loads(data)
+            return self._get_large(h, d, needed)
         raise self._get_error(n)
 
-    def _get_large(self, h: Any, d: int, size: int) -> bytearray:
+    def _get_large(self, h: Any, d: int, size: int) -> Any:
         """Take the next message, known to be about ``size`` bytes, into a
-        bytearray of its own: framed objects keep viewing it."""
+        bytearray, and return the object.
+
+        Arrays and bytearrays unpickled from a framed message keep that
+        bytearray as their memory.  Otherwise (bytes, a large plain pickle)
+        the bytearray is kept as a spare for the next large message: fresh
+        memory costs page faults, which for a MiB take longer than the copy.
+        """
+        spares = self._spares
+        data = spares.pop() if spares else None
+        if data is None or len(data) < size:
+            data = bytearray(size)
         need = ffi.new("uint64_t *")
-        data = bytearray(size)
         while True:
             with _from_buffer(data) as buf:
                 n = _lib_get(h, buf, len(data), d, need)
             if n >= 0:
-                if n < len(data):
-                    # Another consumer took the large one; this one is smaller.
-                    del data[n:]
-                return data
+                break
             if n == _EMSGSIZE:
-                # ... or a larger one came first.
+                # Another consumer took that message; the next is larger.
                 data = bytearray(int(need[0]))
             elif n != _EINTR:
+                spares.append(data)
                 raise self._get_error(n)
+        if not self._framed:
+            # A custom loads may keep what it is given: give it its own.
+            del data[n:]
+            return self._loads(data)
+        if not _is_framed(data):
+            with memoryview(data) as view:
+                obj = _pickle_loads(view[:n])
+            spares.append(data)
+            return obj
+        tag, _, _, starts, lens = _layout(data, n)
+        if tag == _TAG_BYTES:
+            with memoryview(data) as view:
+                obj = bytes(view[starts[0] : starts[0] + lens[0]])
+            spares.append(data)
+            return obj
+        del data[n:]
+        return _decode(data)
 
     def _get_error(self, n: int) -> Exception:
         if n in (_EAGAIN, _ETIMEDOUT):
@@ -559,6 +602,7 @@ class Queue:
         self._closed = True
         h, self._h = self._h, None
         self._bufs = []
+        self._spares = []
         # Waits for put()/get() calls in other threads to leave the handle.
         lib.pyipc_ring_close(h)
         if self._finalizer is not None:

@@ -366,6 +366,9 @@ def test_custom_dumps_and_loads(shm_name: NameFactory) -> None:
             assert copy.get() == ("loaded", 8)
             qq.put_many([1, 2])
             assert copy.get_many(2) == [("loaded", 1), ("loaded", 2)]
+            # Larger than the pooled receive buffers: a bytearray of its own.
+            copy.put(b"q" * 200_000)
+            assert qq.get() == ("loaded", b"q" * 200_000)
         finally:
             copy.close()
 
