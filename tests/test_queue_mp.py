@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -262,3 +263,35 @@ def test_large_arrays_from_a_child(method: str, shm_name: NameFactory) -> None:
         for i, a, b in got:
             assert a.shape == (100_000 + i,) and (a == i).all() and a.flags.writeable
             assert b == bytes([i]) * 70_000
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["get()", "put(2)", "get_many(5)"])
+def test_ctrl_c_interrupts_a_blocked_call_and_cleans_up(call: str) -> None:
+    """SIGINT wakes a blocked get/put with KeyboardInterrupt; the exit still
+    removes the queue."""
+    src = textwrap.dedent(
+        f"""
+        import pyipc, sys
+        q = pyipc.Queue(1)
+        q.put(1) if {call!r}.startswith("put") else None
+        print(q.name, flush=True)
+        q.{call}
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", src], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        name = proc.stdout.readline().strip()
+        assert name
+        # The child is now blocked (or about to block) in the call.
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "KeyboardInterrupt" in err
+    assert not shm_exists(name)
