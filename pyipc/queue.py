@@ -35,9 +35,9 @@ PROTOCOL = 5
 
 # put() and get() are the hot path: for small objects the pickling and the
 # ring's C call take about as long as one more layer of Python calls would.
-# So they call the C core directly, on a handle of their own attached to the
-# same segment (the public C API of ring_api.h), with the C functions and
-# constants bound here once.  Everything else goes through the RingBuffer.
+# So they call the C core directly on the RingBuffer's handle, with the C
+# functions and constants bound here once.  Everything else goes through the
+# RingBuffer.
 _lib_put = lib.pyipc_ring_put
 _lib_get = lib.pyipc_ring_get
 _unpack = ffi.unpack
@@ -277,15 +277,9 @@ class Queue:
             ring = RingBuffer(name, create=False)
         self._ring = ring
         self._name: str = ring.name
-        out = ffi.new("pyipc_ring **")
-        rc = lib.pyipc_ring_attach(os.fsencode("/" + ring.name), out)
-        if rc < 0:
-            if create:
-                _release(ring, os.getpid())
-            else:
-                ring.close()
-            raise error_from(rc, ring.name)
-        self._h = ffi.gc(out[0], lib.pyipc_ring_free)
+        # put() and get() call C directly on the ring's own handle (same
+        # package, same lifetime: it stays valid until the ring is freed).
+        self._h = ring._h
         self._bufs: List[_RecvBuf] = []
         self._spares: List[bytearray] = []  # at most one, see _get_large
         self._maxsize: int = ring.max_messages
@@ -600,11 +594,11 @@ class Queue:
         if self._closed:
             return
         self._closed = True
-        h, self._h = self._h, None
+        self._h = None
         self._bufs = []
         self._spares = []
-        # Waits for put()/get() calls in other threads to leave the handle.
-        lib.pyipc_ring_close(h)
+        # The ring's close() waits for put()/get() calls in other threads to
+        # leave the handle, then unmaps.
         if self._finalizer is not None:
             self._finalizer()
         else:
