@@ -854,10 +854,10 @@ static int64_t append(struct pyipc_ring *r, const unsigned char *data, const uin
 	return (int64_t)i;
 }
 
-int pyipc_ring_put_many(pyipc_ring *r, const void *data, const uint64_t *lens, size_t n,
-			int64_t deadline, size_t *done)
+/* put and put_many: append records, waiting for room as the deadline allows. */
+static int put_records(pyipc_ring *r, const unsigned char *p, const uint64_t *lens, size_t n,
+		       int64_t deadline, size_t *done, uint64_t *first_seq)
 {
-	const unsigned char *p = data;
 	struct shm_hdr *h;
 	int spun = 0, rc = enter(r);
 
@@ -880,7 +880,7 @@ int pyipc_ring_put_many(pyipc_ring *r, const void *data, const uint64_t *lens, s
 		rc = lock_side(r, &h->prod, deadline);
 		if (rc)
 			break;
-		k = append(r, p, lens + *done, n - *done, NULL);
+		k = append(r, p, lens + *done, n - *done, *done ? NULL : first_seq);
 		unlock_side(&h->prod);
 		if (k < 0) {
 			rc = (int)k;
@@ -905,49 +905,18 @@ int pyipc_ring_put_many(pyipc_ring *r, const void *data, const uint64_t *lens, s
 	return rc;
 }
 
+int pyipc_ring_put_many(pyipc_ring *r, const void *data, const uint64_t *lens, size_t n,
+			int64_t deadline, size_t *done)
+{
+	return put_records(r, data, lens, n, deadline, done, NULL);
+}
+
 int pyipc_ring_put(pyipc_ring *r, const void *data, size_t len, int64_t deadline, uint64_t *seq)
 {
-	struct shm_hdr *h;
 	uint64_t len64 = len;
-	int spun = 0, rc = enter(r);
+	size_t done;
 
-	if (rc)
-		return rc;
-	h = r->hdr;
-	if (len > r->max_msg) {
-		rc = -EMSGSIZE;
-		goto out;
-	}
-	for (;;) {
-		struct want w = { .ready = has_room, .need = rec_size(len) };
-		int64_t k;
-
-		if (atomic_load(&h->shutdown)) {
-			rc = -ESHUTDOWN;
-			break;
-		}
-		rc = lock_side(r, &h->prod, deadline);
-		if (rc)
-			break;
-		k = append(r, data, &len64, 1, seq);
-		unlock_side(&h->prod);
-		if (k) {
-			if (k > 0)
-				wake_other(&h->prod);
-			rc = k > 0 ? 0 : (int)k;
-			break;
-		}
-		rc = sleep_on(r, &h->cons.wake_evt, &h->prod.waits, &w, deadline, &spun);
-		if (rc)
-			break;
-		if (atomic_load(&r->closing)) {
-			rc = -EBADF;
-			break;
-		}
-	}
-out:
-	leave(r);
-	return rc;
+	return put_records(r, data, &len64, 1, deadline, &done, seq);
 }
 
 int pyipc_ring_wait_consumed(pyipc_ring *r, uint64_t seq, int64_t deadline)
