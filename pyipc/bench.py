@@ -557,6 +557,9 @@ def _iox2_sender(name: str, size: int) -> Tuple[Send, Callable[[], None]]:
         .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
         .create()
     )
+    # Connect to the subscriber now, not lazily during the first sends,
+    # which would otherwise go to no one.
+    pub.update_connections()
     loan = pub.loan_slice_uninit
     memmove = ctypes.memmove
 
@@ -836,9 +839,12 @@ def _child(role: str, transport: Transport, state: Any, size: int, duration: flo
                 done.set()
                 close()
         else:
-            send, close = transport.sender(state, size)
+            # Connect only once the consumer is there: a publish/subscribe
+            # transport (iceoryx2) delivers only to subscribers it saw at
+            # connection time.
             if not ready.wait(GRACE):
                 raise TimeoutError("the consumer never became ready")
+            send, close = transport.sender(state, size)
             try:
                 result = {"sent": _produce(send, kind, size, duration)}
                 # Some transports (iceoryx2) drop what a closed publisher
@@ -853,8 +859,8 @@ def _child(role: str, transport: Transport, state: Any, size: int, duration: flo
 
 
 def _pingpong_child(role: str, transport: Transport, there: Any, back: Any,
-                    duration: float, cpu: Optional[int], ready: Any, done: Any,
-                    out: Any) -> None:
+                    duration: float, cpu: Optional[int], ready: Any, ready_back: Any,
+                    done: Any, out: Any) -> None:
     """Entry point of both children of a latency run (client or echo server)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     result: Dict[str, Any]
@@ -863,12 +869,17 @@ def _pingpong_child(role: str, transport: Transport, there: Any, back: Any,
     closers: List[Callable[[], None]] = []
     try:
         _pin(cpu)
+        # Each link's receiver exists before its sender connects (see
+        # _child): the server listens, then the client listens and connects,
+        # then the server connects its reply link.
         if role == "server":
             recv, c1 = transport.receiver(there, size)
             closers.append(c1)
+            ready.set()
+            if not ready_back.wait(GRACE):
+                raise TimeoutError("the client never became ready")
             send, c2 = transport.sender(back, size)
             closers.append(c2)
-            ready.set()
             rounds = 0
             while True:
                 m = recv()
@@ -879,10 +890,9 @@ def _pingpong_child(role: str, transport: Transport, there: Any, back: Any,
             done.set()
             result = {"echoed": rounds}
         else:
-            # The reply link's receiver exists before the first ping, so a
-            # publish/subscribe transport cannot drop the first echo.
             recv, c1 = transport.receiver(back, size)
             closers.append(c1)
+            ready_back.set()
             if not ready.wait(GRACE):
                 raise TimeoutError("the echo server never became ready")
             send, c2 = transport.sender(there, size)
@@ -938,10 +948,11 @@ def _ping(send: Send, recv: Recv, kind: str, duration: float) -> Dict[str, Any]:
 
 
 def _collect(procs: Sequence[Any], conns: Sequence[Any], timeout: float) -> List[Dict[str, Any]]:
-    """Wait for one result from each child; kill them all if it takes too long."""
+    """Wait for one result from each child; kill the rest if one fails or time runs out."""
     results: List[Optional[Dict[str, Any]]] = [None] * len(conns)
     deadline = time.monotonic() + timeout
     pending = {c: i for i, c in enumerate(conns)}
+    why = f"no result within {timeout:.0f} s"
     try:
         while pending:
             left = deadline - time.monotonic()
@@ -954,14 +965,24 @@ def _collect(procs: Sequence[Any], conns: Sequence[Any], timeout: float) -> List
                     results[i] = conn.recv()
                 except EOFError:
                     results[i] = {"error": "a child died without reporting"}
+            if any(r is not None and "error" in r for r in results):
+                # The other side would wait for ever for its peer.
+                why = "stopped: its peer failed"
+                break
     finally:
         for p in procs:
             p.join(1.0 if not pending else 0)
             if p.is_alive():
                 p.kill()
                 p.join()
-    return [r if r is not None else {"error": f"no result within {timeout:.0f} s"}
-            for r in results]
+    return [r if r is not None else {"error": why} for r in results]
+
+
+def _first_error(results: Sequence[Dict[str, Any]]) -> Optional[str]:
+    """The errors the children reported, their own before those of the parent."""
+    errors = [r["error"] for r in results if "error" in r]
+    errors.sort(key=lambda e: e.startswith(("no result", "stopped")))
+    return "; ".join(errors) if errors else None
 
 
 def _spawn(target: Callable[..., None], args_list: List[Tuple[Any, ...]],
@@ -1001,9 +1022,9 @@ def run_throughput(transport: Transport, size: int, duration: float,
         ], duration + GRACE)
     finally:
         transport.destroy(state)
-    for r in (consumer, producer):
-        if "error" in r:
-            return {"error": r["error"]}
+    error = _first_error([consumer, producer])
+    if error is not None:
+        return {"error": error}
     if consumer["received"] != producer["sent"]:
         return {"error": f"sent {producer['sent']} messages, received {consumer['received']}"}
     if consumer["bad_sizes"]:
@@ -1024,18 +1045,20 @@ def run_latency(transport: Transport, duration: float,
         back = transport.create(LATENCY_SIZE)
         try:
             ready = ctx.Event()
+            ready_back = ctx.Event()
             done = ctx.Event()
+            events = (ready, ready_back, done)
             server, client = _spawn(_pingpong_child, [
-                ("server", transport, there, back, duration, cpus[0], ready, done),
-                ("client", transport, there, back, duration, cpus[1], ready, done),
+                ("server", transport, there, back, duration, cpus[0], *events),
+                ("client", transport, there, back, duration, cpus[1], *events),
             ], duration + GRACE)
         finally:
             transport.destroy(back)
     finally:
         transport.destroy(there)
-    for r in (server, client):
-        if "error" in r:
-            return {"error": r["error"]}
+    error = _first_error([server, client])
+    if error is not None:
+        return {"error": error}
     if client["bad_sizes"]:
         return {"error": f"{client['bad_sizes']} replies arrived with the wrong size"}
     return client
