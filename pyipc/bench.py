@@ -793,8 +793,10 @@ def _consume(recv: Recv, kind: str, size: int) -> Dict[str, Any]:
     return {"received": count, "bad_sizes": bad, "elapsed": t1 - t0}
 
 
-def _produce(send: Send, kind: str, size: int, duration: float) -> int:
-    """Send for ``duration`` seconds, then the stop message; return how many."""
+def _produce(send: Send, kind: str, size: int, duration: float,
+             count: Optional[int] = None) -> int:
+    """Send for ``duration`` seconds (or ``count`` messages, rounded up to
+    whole batches), then the stop message; return how many were sent."""
     if kind == "obj":
         msg: Any = OBJ
     else:
@@ -804,6 +806,12 @@ def _produce(send: Send, kind: str, size: int, duration: float) -> int:
         per_call = BATCH
     else:
         per_call = 1
+    if count is not None:
+        calls = -(-count // per_call)
+        for _ in range(calls):
+            send(msg)
+        send(_sentinel(kind))
+        return calls * per_call
     # Look at the clock every few calls only, more often for big messages.
     chunk = max(1, min(16, (1 << 20) // max(size, 1) // 4))
     loop = range(chunk)
@@ -821,8 +829,10 @@ def _produce(send: Send, kind: str, size: int, duration: float) -> int:
 
 
 def _child(role: str, transport: Transport, state: Any, size: int, duration: float,
-           cpu: Optional[int], ready: Any, done: Any, out: Any) -> None:
-    """Entry point of both children of a throughput run."""
+           cpu: Optional[int], ready: Any, done: Any, out: Any,
+           count: Optional[int] = None) -> None:
+    """Entry point of both children of a throughput run (see ``_produce``
+    for ``count``; the benches use it)."""
     # Ctrl-C reaches the whole process group; only the parent handles it
     # (and terminates the children), so that cleanup happens in one place.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -846,7 +856,7 @@ def _child(role: str, transport: Transport, state: Any, size: int, duration: flo
                 raise TimeoutError("the consumer never became ready")
             send, close = transport.sender(state, size)
             try:
-                result = {"sent": _produce(send, kind, size, duration)}
+                result = {"sent": _produce(send, kind, size, duration, count)}
                 # Some transports (iceoryx2) drop what a closed publisher
                 # left in flight: close only once everything has arrived.
                 done.wait(GRACE)
