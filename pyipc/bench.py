@@ -761,9 +761,14 @@ def _consume(recv: Recv, kind: str, size: int) -> Dict[str, Any]:
     perf = time.perf_counter
     count = 0
     bad = 0
+    fill = b"\x5a" * size
     if kind == "batch":
         first = recv()
         t0 = perf()
+        # Sizes are checked on every message, contents on the first only:
+        # comparing every byte would cost more than moving them.
+        if first[0] and first[0] != fill:
+            bad += 1
         batch = first
         while True:
             stop = False
@@ -783,6 +788,8 @@ def _consume(recv: Recv, kind: str, size: int) -> Dict[str, Any]:
         first = recv()
         t0 = perf()
         n = first if into else len(first)
+        if not into and n and first != (OBJ if kind == "obj" else fill):
+            bad += 1
         while n:
             if n != size:
                 bad += 1
@@ -1038,7 +1045,8 @@ def run_throughput(transport: Transport, size: int, duration: float,
     if consumer["received"] != producer["sent"]:
         return {"error": f"sent {producer['sent']} messages, received {consumer['received']}"}
     if consumer["bad_sizes"]:
-        return {"error": f"{consumer['bad_sizes']} messages arrived with the wrong size"}
+        return {"error": f"{consumer['bad_sizes']} messages arrived with the wrong size "
+                         "or contents"}
     # The stop message ends the interval, so it counts as the last arrival.
     elapsed = consumer["elapsed"]
     count = consumer["received"]
@@ -1222,17 +1230,18 @@ def _fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def _cpu_line(cpus: Tuple[Optional[int], Optional[int]]) -> str:
+def _cpu_line(cpus: Tuple[Optional[int], Optional[int]], mode: str = "throughput") -> str:
     consumer, producer = cpus
+    a, b = ("client", "echo server") if mode == "latency" else ("producer", "consumer")
     if consumer is None:
-        return "only one CPU available: producer and consumer share it (not pinned)"
-    return f"producer pinned to CPU {producer}, consumer to CPU {consumer}"
+        return f"only one CPU available: {a} and {b} share it (not pinned)"
+    return f"{a} pinned to CPU {producer}, {b} to CPU {consumer}"
 
 
 def format_table(report: Report) -> str:
     """The report as the text table printed at the end of ``pyipc bench``."""
     lines = [
-        f"pyipc bench ({report.mode}): {_cpu_line(report.cpus)}; "
+        f"pyipc bench ({report.mode}): {_cpu_line(report.cpus, report.mode)}; "
         f"median of {report.repeat} runs of {report.duration / report.repeat:.2f} s per cell",
     ]
     if report.mode == "latency":

@@ -126,6 +126,11 @@ def _short_sender(state: Any, size: int) -> Any:
     return (lambda msg: send(msg[:-1] if msg else msg)), close
 
 
+def _garbled_sender(state: Any, size: int) -> Any:
+    send, close = bench.TRANSPORTS["raw-pipe"].sender(state[:2], size)
+    return (lambda msg: send(bytes(len(msg)))), close
+
+
 def _lossy_sender(state: Any, size: int) -> Any:
     send, close = bench.TRANSPORTS["raw-pipe"].sender(state[:2], size)
     calls = [0]
@@ -148,11 +153,12 @@ def _failing_sender(state: Any, size: int) -> Any:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sender,words", [
     (_short_sender, "wrong size"),
+    (_garbled_sender, "contents"),
     (_lossy_sender, "received"),
     (_failing_sender, "producer: RuntimeError: the wire is cut"),
 ])
 def test_misbehaving_transport_is_reported_and_cleaned_up(sender: Any, words: str) -> None:
-    """Truncated messages, lost messages and a crashing producer become a cell error, and destroy() still runs."""
+    """Truncated, garbled or lost messages and a crashing producer become a cell error, and destroy() still runs."""
     made: list[str] = []
     t = _broken(sender)
     create = t.create
