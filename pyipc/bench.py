@@ -1169,17 +1169,21 @@ def run_bench(names: Sequence[str], sizes: Sequence[int], duration: float,
     report = Report(mode, duration, repeat, list(sizes), cpus)
     cells = _cells(names, sizes, mode, report.skipped)
     per_run = duration / repeat
-    for i, (t, size) in enumerate(cells, 1):
-        runs = []
-        label = "objects" if size is None else format_size(size)
-        for rep in range(repeat):
+    runs: List[List[Dict[str, Any]]] = [[] for _ in cells]
+    # Repetition by repetition over the whole table, not cell by cell: a
+    # burst of load from a neighbour then spoils one run of many cells
+    # (which the median drops) rather than every run of one cell.
+    for rep in range(repeat):
+        for i, (t, size) in enumerate(cells):
             if progress is not None:
-                progress(f"[{i}/{len(cells)}] {t.name} {label} run {rep + 1}/{repeat}")
+                label = "objects" if size is None else format_size(size)
+                progress(f"run {rep + 1}/{repeat} [{i + 1}/{len(cells)}] {t.name} {label}")
             if latency:
-                runs.append(run_latency(t, per_run, cpus))
+                runs[i].append(run_latency(t, per_run, cpus))
             else:
-                runs.append(run_throughput(t, size or 0, per_run, cpus))
-        report.results.append(_summarise(t, size, runs, latency))
+                runs[i].append(run_throughput(t, size or 0, per_run, cpus))
+    for (t, size), cell_runs in zip(cells, runs):
+        report.results.append(_summarise(t, size, cell_runs, latency))
     if not latency:
         _add_ratios(report.results)
     return report

@@ -202,7 +202,7 @@ def test_bench_json(tmp_path: Path) -> None:
             "--json", str(out), timeout=110)
     assert p.returncode == 0, p.stderr
     assert "msg/s" in p.stdout and "mp-queue" in p.stdout
-    assert "ring 64 B" in p.stderr  # the progress line
+    assert "] ring 64 B" in p.stderr  # the progress line
     data = json.loads(out.read_text())
     assert data["mode"] == "throughput"
     assert data["sizes"] == [64]
