@@ -37,7 +37,9 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, TextIO, Tuple, cast
+
+from .errors import MessageTooLarge
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -870,7 +872,8 @@ def _child(role: str, transport: Transport, state: Any, size: int, duration: flo
             finally:
                 close()
     except BaseException as exc:  # reported to the parent, never lost
-        result = {"error": f"{role}: {type(exc).__name__}: {exc}"}
+        result = {"error": f"{role}: {type(exc).__name__}: {exc}",
+                  "too_large": isinstance(exc, MessageTooLarge)}
     out.send(result)
     out.close()
 
@@ -919,7 +922,8 @@ def _pingpong_child(role: str, transport: Transport, there: Any, back: Any,
             # Close only once the server has the stop message (see _child).
             done.wait(GRACE)
     except BaseException as exc:
-        result = {"error": f"{role}: {type(exc).__name__}: {exc}"}
+        result = {"error": f"{role}: {type(exc).__name__}: {exc}",
+                  "too_large": isinstance(exc, MessageTooLarge)}
     finally:
         for close in reversed(closers):
             try:
@@ -1027,7 +1031,8 @@ def _spawn(target: Callable[..., None], args_list: List[Tuple[Any, ...]],
 
 def run_throughput(transport: Transport, size: int, duration: float,
                    cpus: Tuple[Optional[int], Optional[int]]) -> Dict[str, Any]:
-    """One throughput run of ``transport`` at ``size``; a dict with msg_per_s or error."""
+    """One throughput run of ``transport`` at ``size``: a dict with msg_per_s,
+    or error, or skip (the transport cannot carry messages that large)."""
     ctx = multiprocessing.get_context("fork")
     state = transport.create(size)
     try:
@@ -1039,6 +1044,9 @@ def run_throughput(transport: Transport, size: int, duration: float,
         ], duration + GRACE)
     finally:
         transport.destroy(state)
+    if consumer.get("too_large") or producer.get("too_large"):
+        # A packet-based channel's kernel limit, not a failure.
+        return {"skip": f"a {format_size(size)} message is too large for it"}
     error = _first_error([consumer, producer])
     if error is not None:
         return {"error": error}
@@ -1173,17 +1181,26 @@ def run_bench(names: Sequence[str], sizes: Sequence[int], duration: float,
     # Repetition by repetition over the whole table, not cell by cell: a
     # burst of load from a neighbour then spoils one run of many cells
     # (which the median drops) rather than every run of one cell.
+    too_large: Set[int] = set()
     for rep in range(repeat):
         for i, (t, size) in enumerate(cells):
+            if i in too_large:
+                continue
             if progress is not None:
                 label = "objects" if size is None else format_size(size)
                 progress(f"run {rep + 1}/{repeat} [{i + 1}/{len(cells)}] {t.name} {label}")
             if latency:
                 runs[i].append(run_latency(t, per_run, cpus))
             else:
-                runs[i].append(run_throughput(t, size or 0, per_run, cpus))
-    for (t, size), cell_runs in zip(cells, runs):
-        report.results.append(_summarise(t, size, cell_runs, latency))
+                run = run_throughput(t, size or 0, per_run, cpus)
+                if "skip" in run:
+                    too_large.add(i)
+                    report.skipped.append({"transport": t.name, "size": size,
+                                           "reason": run["skip"]})
+                runs[i].append(run)
+    for i, ((t, size), cell_runs) in enumerate(zip(cells, runs)):
+        if i not in too_large:
+            report.results.append(_summarise(t, size, cell_runs, latency))
     if not latency:
         _add_ratios(report.results)
     return report

@@ -7,6 +7,7 @@ from typing import Any, Callable, Tuple
 
 import pytest
 
+import pyipc
 from pyipc import bench
 
 CPUS = bench.pick_cpus()
@@ -113,10 +114,10 @@ def _temp_file_destroy(state: Tuple[int, int, str]) -> None:
     os.unlink(state[2])
 
 
-def _broken(sender: Callable[[Any, int], Any]) -> bench.Transport:
+def _broken(sender: Callable[[Any, int], Any], name: str = "broken") -> bench.Transport:
     raw = bench.TRANSPORTS["raw-pipe"]
     return bench.Transport(
-        "broken", "bytes", "", (), _temp_file_state, sender,
+        name, "bytes", "", (), _temp_file_state, sender,
         lambda s, size: raw.receiver(s[:2], size), _temp_file_destroy,
     )
 
@@ -197,3 +198,25 @@ def test_report_table_and_json() -> None:
     data = report.to_json()
     assert data["mode"] == "throughput" and data["repeat"] == 3
     assert len(data["results"]) == len(report.results)
+
+
+def _too_large_sender(state: Any, size: int) -> Any:
+    send, close = bench.TRANSPORTS["raw-pipe"].sender(state[:2], size)
+
+    def limited(msg: bytes) -> None:
+        if len(msg) > 1024:
+            raise pyipc.MessageTooLarge("over this transport's limit")
+        send(msg)
+
+    return limited, close
+
+
+@pytest.mark.timeout(60)
+def test_message_too_large_is_a_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transport that cannot carry a size is listed as skipped at that size, not as failed."""
+    monkeypatch.setitem(bench.TRANSPORTS, "limited", _broken(_too_large_sender, "limited"))
+    report = bench.run_bench(["limited"], [64, 4096], 0.1, repeat=2)
+    assert [(r["transport"], r["size"]) for r in report.results] == [("limited", 64)]
+    assert "error" not in report.results[0]
+    assert report.skipped == [{"transport": "limited", "size": 4096,
+                               "reason": "a 4 KiB message is too large for it"}]
