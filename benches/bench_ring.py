@@ -26,6 +26,7 @@ import pytest
 
 import pyipc
 from pyipc import bench
+from pyipc.bench import runner
 
 SIZES = [64, 4096, 65536, 1 << 20]
 CROSS = ["ring", "ring-batch", "mp-queue", "mp-pipe", "faster-fifo", "zmq", "iceoryx2"]
@@ -115,7 +116,7 @@ def test_cross_process(benchmark: Any, pinned: None, name: str, size: int) -> No
         ready, done = ctx.Event(), ctx.Event()
         r, w = ctx.Pipe(duplex=False)
         proc = ctx.Process(
-            target=bench._child,
+            target=runner.throughput_child,
             args=("producer", t, state, size, 0.0, CPUS[1], ready, done, w),
             kwargs={"count": total},
             daemon=True,
@@ -152,7 +153,7 @@ def test_cross_process(benchmark: Any, pinned: None, name: str, size: int) -> No
             elif (m if kind == "into" else len(m)) == 0:
                 break
         done.set()
-        result = r.recv() if r.poll(bench.GRACE) else {"error": "producer did not report"}
+        result = r.recv() if r.poll(runner.GRACE) else {"error": "producer did not report"}
         assert "error" not in result, result
         close()
         median = benchmark.stats.stats.median
@@ -182,7 +183,7 @@ def test_roundtrip(benchmark: Any, pinned: None, name: str) -> None:
         ready, ready_back, done = ctx.Event(), ctx.Event(), ctx.Event()
         r, w = ctx.Pipe(duplex=False)
         proc = ctx.Process(
-            target=bench._pingpong_child,
+            target=runner.pingpong_child,
             args=("server", t, there, back, 0.0, CPUS[1], ready, ready_back, done, w),
             daemon=True,
         )
@@ -191,7 +192,7 @@ def test_roundtrip(benchmark: Any, pinned: None, name: str) -> None:
         # The same order as pyipc bench: our receiver first, then connect.
         recv, close_recv = t.receiver(back, size)
         ready_back.set()
-        assert ready.wait(bench.GRACE), "the echo server never became ready"
+        assert ready.wait(runner.GRACE), "the echo server never became ready"
         send, close_send = t.sender(there, size)
         msg = b"\x5a" * size
 
@@ -201,10 +202,10 @@ def test_roundtrip(benchmark: Any, pinned: None, name: str) -> None:
 
         benchmark.pedantic(one, rounds=20_000, iterations=1, warmup_rounds=500)
         send(b"")
-        assert done.wait(bench.GRACE), "the echo server did not stop"
+        assert done.wait(runner.GRACE), "the echo server did not stop"
         close_send()
         close_recv()
-        result = r.recv() if r.poll(bench.GRACE) else {"error": "server did not report"}
+        result = r.recv() if r.poll(runner.GRACE) else {"error": "server did not report"}
         assert "error" not in result, result
     finally:
         if proc is not None:

@@ -9,6 +9,7 @@ import pytest
 
 import pyipc
 from pyipc import bench
+from pyipc.bench import runner
 
 CPUS = bench.pick_cpus()
 
@@ -48,7 +49,7 @@ def test_pick_cpus() -> None:
 def test_cells_skip_capped_and_object_transports() -> None:
     """Message queues skip sizes above 8 KiB with a reason; object rows run once; latency skips batches."""
     skipped: list[dict[str, Any]] = []
-    cells = bench._cells(["posix-ipc", "mp-queue-obj", "ring-batch"], [64, 4096, 65536], "throughput",
+    cells = runner._cells(["posix-ipc", "mp-queue-obj", "ring-batch"], [64, 4096, 65536], "throughput",
                          skipped)
     runnable = [(t.name, s) for t, s in cells]
     if bench.TRANSPORTS["posix-ipc"].unavailable() is None:
@@ -59,7 +60,7 @@ def test_cells_skip_capped_and_object_transports() -> None:
     assert [s for t, s in cells if t.name == "ring-batch"] == [64, 4096, 65536]
 
     skipped = []
-    cells = bench._cells(["ring", "ring-batch", "mp-queue-obj"], [64], "latency", skipped)
+    cells = runner._cells(["ring", "ring-batch", "mp-queue-obj"], [64], "latency", skipped)
     assert [(t.name, s) for t, s in cells] == [("ring", bench.LATENCY_SIZE)]
     assert {s["transport"] for s in skipped} == {"ring-batch", "mp-queue-obj"}
 
