@@ -168,17 +168,21 @@ def _ring_batch_receiver(name: str, size: int) -> Tuple[Recv, Callable[[], None]
 # -- pyipc.Queue ------------------------------------------------------------
 
 
-def _queue_create(size: int) -> Any:
+def _api(name: str) -> Any:
+    """``pyipc.<name>``, looked up when used: the queue and the channels may
+    be missing from a build (see ``Transport.requires_attr``)."""
     import pyipc
 
+    return getattr(pyipc, name)
+
+
+def _queue_create(size: int) -> Any:
     # The parent owns the queue: its close() removes the name.
-    return pyipc.Queue(capacity=_budget(size))  # type: ignore[attr-defined]
+    return _api("Queue")(capacity=_budget(size))
 
 
 def _queue_attach(q: Any) -> Any:
-    import pyipc
-
-    return pyipc.Queue(name=q.name, create=False)  # type: ignore[attr-defined]
+    return _api("Queue")(name=q.name, create=False)
 
 
 def _queue_sender(q: Any, size: int) -> Tuple[Send, Callable[[], None]]:
@@ -212,50 +216,38 @@ def _pair_receiver(pair: Any, size: int) -> Tuple[Recv, Callable[[], None]]:
 
 
 def _pipe_create(size: int) -> Any:
-    import pyipc
-
-    return pyipc.pipe()  # type: ignore[attr-defined]
+    return _api("pipe")()
 
 
 def _socket_create(kind: str) -> Callable[[int], Any]:
     def create(size: int) -> Any:
-        import pyipc
-
-        return pyipc.socketpair(kind)  # type: ignore[attr-defined]
+        return _api("socketpair")(kind)
 
     return create
 
 
 def _mqueue_create(size: int) -> str:
-    import pyipc
-
     name = _unique("mq")
-    pyipc.MessageQueue(  # type: ignore[attr-defined]
+    _api("MessageQueue")(
         name, create=True, max_messages=MQ_MAX_MESSAGES, max_message_size=MQ_MAX_MESSAGE
     ).close()
     return name
 
 
 def _mqueue_destroy(name: str) -> None:
-    import pyipc
-
     try:
-        pyipc.MessageQueue(name).unlink()  # type: ignore[attr-defined]
+        _api("MessageQueue")(name).unlink()
     except FileNotFoundError:
         pass
 
 
 def _mqueue_sender(name: str, size: int) -> Tuple[Send, Callable[[], None]]:
-    import pyipc
-
-    q = pyipc.MessageQueue(name)  # type: ignore[attr-defined]
+    q = _api("MessageQueue")(name)
     return q.send, q.close
 
 
 def _mqueue_receiver(name: str, size: int) -> Tuple[Recv, Callable[[], None]]:
-    import pyipc
-
-    q = pyipc.MessageQueue(name)  # type: ignore[attr-defined]
+    q = _api("MessageQueue")(name)
     return q.recv, q.close
 
 
