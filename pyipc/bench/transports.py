@@ -519,12 +519,20 @@ def _iox2_sender(name: str, size: int) -> Tuple[Send, Callable[[], None]]:
     loan = pub.loan_slice_uninit
     memmove = ctypes.memmove
 
+    update = pub.update_connections
+
     def send(msg: bytes) -> None:
         n = len(msg)
-        sample = loan(n)
-        if n:
-            memmove(sample.payload_ptr, msg, n)
-        sample.assume_init().send()
+        while True:
+            sample = loan(n)
+            if n:
+                memmove(sample.payload_ptr, msg, n)
+            if sample.assume_init().send():
+                return
+            # Delivered to no one: under load the subscriber's side of the
+            # connection can lag behind for thousands of sends, which would
+            # silently drop them.  Send again until it is delivered.
+            update()
 
     def close() -> None:
         # The node (kept alive by this closure) removes its files when freed.
