@@ -4,8 +4,7 @@
  *
  * Design in one paragraph.  The segment is a header page followed by a
  * power-of-two byte ring.  Producers and consumers are two classes, each with
- * its own robust process-shared mutex and its own cache line (a "two-lock
- * queue"): producers serialise among themselves on `plock` and own `tail`,
+ * its own futex lock and its own cache line (a "two-lock queue"): producers serialise among themselves on `plock` and own `tail`,
  * consumers serialise on `clock` and own `head`, so a producer copies in
  * while a consumer copies out.  Cursors are free-running 64-bit byte counts,
  * masked on use.  A record is an 8-byte header (length and its complement)
@@ -14,6 +13,13 @@
  * leaves nothing half-visible.  Sleepers wait on futex words ("event
  * counts") with a waiter bit, so a wake costs a system call only when someone
  * sleeps, and a dead sleeper cannot leave a stale count behind.
+ *
+ * Why not glibc's robust pthread mutex: it keeps the links of the owner's
+ * robust list inside the mutex, i.e. in the shared segment, and unlocking
+ * writes through them, so any process that can write the segment could make
+ * a lock holder write to an address of its choosing.  Our lock word holds
+ * only the owner's thread id; a waiter that finds the owner dead (gone, a
+ * zombie, or its thread id reused) takes the lock over and repairs.
  *
  * The segment is untrusted: geometry is validated at attach and kept in the
  * process-local handle; every cursor and length read from the segment is
@@ -26,6 +32,7 @@
 #include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -53,7 +60,9 @@
 
 /* The shared header.  Only fixed-size types; both sides must agree on it. */
 struct side {
-	pthread_mutex_t lock;
+	_Atomic uint32_t lock;        /* 0 free, else owner tid | LOCK_WAITERS */
+	uint32_t pad;
+	_Atomic uint64_t owner_start; /* owner thread's start time: tid reuse */
 	_Atomic uint64_t cursor; /* producers: tail; consumers: head */
 	_Atomic uint64_t count;  /* messages ever put / got */
 	_Atomic uint64_t bytes;  /* payload bytes ever put / got */
@@ -95,7 +104,7 @@ struct pyipc_ring {
 	uint64_t max_msg;
 	uint64_t max_messages;
 	size_t map_size;
-	int mutex_kind; /* what a healthy robust pshared mutex says it is */
+	int proc_ok; /* /proc works here, so dead lock owners can be found */
 	_Atomic int users;
 	_Atomic int closing;
 };
@@ -212,6 +221,8 @@ static void copy_in(struct pyipc_ring *r, uint64_t pos, const void *src, uint64_
 	uint64_t off = pos & r->mask;
 	uint64_t first = len < r->cap - off ? len : r->cap - off;
 
+	if (!len)
+		return; /* src may be NULL, and memcpy(NULL, ...) is undefined */
 	memcpy(r->data + off, src, first);
 	memcpy(r->data, (const unsigned char *)src + first, len - first);
 }
@@ -221,6 +232,8 @@ static void copy_out(struct pyipc_ring *r, uint64_t pos, void *dst, uint64_t len
 	uint64_t off = pos & r->mask;
 	uint64_t first = len < r->cap - off ? len : r->cap - off;
 
+	if (!len)
+		return;
 	memcpy(dst, r->data + off, first);
 	memcpy((unsigned char *)dst + first, r->data, len - first);
 }
@@ -271,16 +284,107 @@ static int64_t count_records(struct pyipc_ring *r, uint64_t head, uint64_t tail)
 
 /* ---- locks ------------------------------------------------------------ */
 
-/* The mutex's type word as glibc keeps it; a scribbled one is refused
- * before glibc acts on it (it asserts on some impossible states). */
-static int mutex_kind_of(pthread_mutex_t *m)
+/*
+ * Who this thread is, for the lock word: its kernel thread id and start
+ * time.  Cached per thread; a forked child is a new thread with a new id, so
+ * the cache is forgotten in the child (pthread_atfork).
+ */
+struct self_id {
+	uint32_t tid;
+	uint64_t start;
+};
+
+static __thread struct self_id self_id;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void forget_self(void)
 {
-#ifdef __GLIBC__
-	return m->__data.__kind;
-#else
-	(void)m;
+	self_id.tid = 0;
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(NULL, NULL, forget_self);
+}
+
+/* State letter and start time of task tid, from /proc/<tid>/stat. */
+static int task_stat(uint32_t tid, char *state, uint64_t *start)
+{
+	char path[40], buf[1024], *p;
+	ssize_t n;
+	int fd, field;
+
+	snprintf(path, sizeof(path), "/proc/%u/stat", tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return n < 0 ? -errno : -ESRCH;
+	buf[n] = '\0';
+	/* The command name may hold anything, so fields count from its last ')'. */
+	p = strrchr(buf, ')');
+	if (!p || p[1] != ' ')
+		return -EIO;
+	*state = p[2];
+	/* p + 2 is field 3 (state); the start time is field 22. */
+	for (p += 2, field = 3; field < 22 && p; field++) {
+		p = strchr(p, ' ');
+		if (p)
+			p++;
+	}
+	if (!p)
+		return -EIO;
+	*start = strtoull(p, NULL, 10);
 	return 0;
-#endif
+}
+
+static const struct self_id *whoami(void)
+{
+	if (!self_id.tid) {
+		char state;
+
+		pthread_once(&atfork_once, register_atfork);
+		self_id.tid = (uint32_t)syscall(SYS_gettid);
+		if (task_stat(self_id.tid, &state, &self_id.start))
+			self_id.start = 0;
+	}
+	return &self_id;
+}
+
+#define LOCK_WAITERS 0x80000000u
+#define LOCK_TID 0x3fffffffu
+#define LOCK_SPINS 200
+#define LOCK_CHECK_NS 5000000ll /* check the owner's health this often */
+
+enum owner { OWNER_ALIVE, OWNER_DEAD, OWNER_SUSPECT };
+
+/* Is the thread named by lock word v dead?  OWNER_SUSPECT: its id is alive
+ * but its start time differs, which is either a reused id or an owner that
+ * has not yet written its start time: only a second look can tell. */
+static enum owner owner_health(struct pyipc_ring *r, struct side *s, uint32_t v,
+			       const struct self_id *me)
+{
+	uint32_t tid = v & LOCK_TID;
+	uint64_t start;
+	char state;
+	int rc;
+
+	if (tid == me->tid)
+		return OWNER_DEAD; /* we never lock twice: the word is garbage */
+	if (!r->proc_ok)
+		return OWNER_ALIVE; /* no way to tell: never steal */
+	rc = task_stat(tid, &state, &start);
+	if (rc == -ENOENT || rc == -ESRCH)
+		return OWNER_DEAD;
+	if (rc)
+		return OWNER_ALIVE;
+	if (state == 'Z' || state == 'X')
+		return OWNER_DEAD; /* killed, not yet reaped by its parent */
+	if (start != atomic_load_explicit(&s->owner_start, memory_order_relaxed))
+		return OWNER_SUSPECT;
+	return OWNER_ALIVE;
 }
 
 /*
@@ -296,38 +400,93 @@ static void repair_side(struct side *s)
 	}
 }
 
+static int lock_slow(struct pyipc_ring *r, struct side *s, const struct self_id *me,
+		     int64_t deadline)
+{
+	/* Even a NOWAIT call waits for the lock: it is held only for a copy.
+	 * Bounded by a slice so a lock scribbled into a "held" state cannot
+	 * hang us. */
+	int64_t until = wait_until(deadline == NOWAIT ? FOREVER : deadline, now_ns());
+	uint32_t mine = me->tid, suspect = 0;
+	int i;
+
+	for (i = 0;; i++) {
+		uint32_t v = atomic_load_explicit(&s->lock, memory_order_relaxed);
+		int64_t t, wake_at;
+		int rc;
+
+		if (v == 0) {
+			/* Once we have slept, others may sleep too: keep the bit
+			 * so that our unlock wakes the next one. */
+			if (atomic_compare_exchange_weak_explicit(&s->lock, &v, mine, memory_order_acquire,
+								  memory_order_relaxed))
+				return 0;
+			continue;
+		}
+		if (i < LOCK_SPINS) {
+			cpu_relax();
+			continue;
+		}
+		if (!(v & LOCK_WAITERS) &&
+		    !atomic_compare_exchange_weak(&s->lock, &v, v | LOCK_WAITERS))
+			continue;
+		v |= LOCK_WAITERS;
+		mine = me->tid | LOCK_WAITERS;
+		t = now_ns();
+		if (t >= until)
+			return timeout_code(deadline, until);
+		wake_at = until < t + LOCK_CHECK_NS ? until : t + LOCK_CHECK_NS;
+		rc = futex_wait(&s->lock, v, wake_at);
+		if (rc == -EINTR)
+			return -EINTR;
+		if (rc != -ETIMEDOUT || wake_at == until)
+			continue;
+		/* The owner held it for 5 ms: is it still alive? */
+		v = atomic_load(&s->lock);
+		if (v == 0)
+			continue;
+		switch (owner_health(r, s, v, me)) {
+		case OWNER_ALIVE:
+			suspect = 0;
+			break;
+		case OWNER_SUSPECT:
+			if (suspect != v) {
+				suspect = v;
+				break;
+			}
+			/* the same suspect word 5 ms later: dead */
+			__attribute__((fallthrough));
+		case OWNER_DEAD:
+			if (atomic_compare_exchange_strong(&s->lock, &v, me->tid | (v & LOCK_WAITERS))) {
+				atomic_store_explicit(&s->owner_start, me->start, memory_order_relaxed);
+				repair_side(s);
+				atomic_fetch_add(&r->hdr->recoveries, 1);
+				return 0;
+			}
+			suspect = 0;
+			break;
+		}
+	}
+}
+
 static int lock_side(struct pyipc_ring *r, struct side *s, int64_t deadline)
 {
-	int rc;
+	const struct self_id *me = whoami();
+	uint32_t v = 0;
+	int rc = 0;
 
-	if (mutex_kind_of(&s->lock) != r->mutex_kind)
-		return -EBADMSG;
-	rc = pthread_mutex_trylock(&s->lock);
-	if (rc == EBUSY) {
-		/* Even a NOWAIT call waits for the lock: it is held only for a
-		 * copy.  Bounded by a slice so a lock scribbled into a "held"
-		 * state cannot hang us. */
-		int64_t until = wait_until(deadline == NOWAIT ? FOREVER : deadline, now_ns());
-		struct timespec ts = to_timespec(until);
-
-		rc = pthread_mutex_clocklock(&s->lock, CLOCK_MONOTONIC, &ts);
-		if (rc == ETIMEDOUT)
-			return timeout_code(deadline, until);
-	}
-	if (rc == EOWNERDEAD) {
-		/* The owner died inside its critical section. */
-		repair_side(s);
-		atomic_fetch_add(&r->hdr->recoveries, 1);
-		rc = pthread_mutex_consistent(&s->lock);
-	}
-	if (rc == ENOTRECOVERABLE || rc == EINVAL)
-		return -EBADMSG;
-	return -rc;
+	if (!atomic_compare_exchange_strong_explicit(&s->lock, &v, me->tid, memory_order_acquire,
+						     memory_order_relaxed))
+		rc = lock_slow(r, s, me, deadline);
+	if (!rc)
+		atomic_store_explicit(&s->owner_start, me->start, memory_order_relaxed);
+	return rc;
 }
 
 static void unlock_side(struct side *s)
 {
-	pthread_mutex_unlock(&s->lock);
+	if (atomic_exchange_explicit(&s->lock, 0, memory_order_release) & LOCK_WAITERS)
+		syscall(SYS_futex, &s->lock, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
 /*
@@ -442,47 +601,13 @@ static int sleep_on(struct pyipc_ring *r, _Atomic uint32_t *evt, _Atomic uint64_
 
 /* ---- create, attach, close -------------------------------------------- */
 
-static int robust_mutex_init(pthread_mutex_t *m)
-{
-	pthread_mutexattr_t a;
-	int rc;
-
-	rc = pthread_mutexattr_init(&a);
-	if (rc)
-		return -rc;
-	rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-	if (!rc)
-		rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-	if (!rc)
-		rc = pthread_mutex_init(m, &a);
-	pthread_mutexattr_destroy(&a);
-	return -rc;
-}
-
-static int healthy_mutex_kind(int *kind)
-{
-	pthread_mutex_t m;
-	int rc = robust_mutex_init(&m);
-
-	if (rc)
-		return rc;
-	*kind = mutex_kind_of(&m);
-	pthread_mutex_destroy(&m);
-	return 0;
-}
-
 static int handle_new(struct pyipc_ring **out)
 {
 	struct pyipc_ring *r = calloc(1, sizeof(*r));
-	int rc;
 
 	if (!r)
 		return -ENOMEM;
-	rc = healthy_mutex_kind(&r->mutex_kind);
-	if (rc) {
-		free(r);
-		return rc;
-	}
+	r->proc_ok = access("/proc/self/stat", R_OK) == 0;
 	*out = r;
 	return 0;
 }
@@ -539,11 +664,6 @@ int pyipc_ring_create(const char *name, uint64_t capacity, uint64_t max_messages
 	h->max_msg = cap - REC_HDR;
 	h->max_messages = max_messages;
 	h->creator_pid = getpid();
-	rc = robust_mutex_init(&h->prod.lock);
-	if (!rc)
-		rc = robust_mutex_init(&h->cons.lock);
-	if (rc)
-		goto err_unmap;
 	/* Attachers treat a ring without magic as not yet a ring. */
 	atomic_store_explicit((_Atomic uint64_t *)&h->magic, RING_MAGIC, memory_order_release);
 	close(fd);
@@ -551,8 +671,6 @@ int pyipc_ring_create(const char *name, uint64_t capacity, uint64_t max_messages
 	*out = r;
 	return 0;
 
-err_unmap:
-	munmap(base, size);
 err_unlink:
 	shm_unlink(name);
 	close(fd);
@@ -1079,7 +1197,8 @@ int64_t pyipc_ring_check(pyipc_ring *r)
 	if (rc)
 		return rc;
 	h = r->hdr;
-	rc = lock_side(r, &h->cons, FOREVER);
+	/* Bounded: a lock scribbled into a held state must not hang a check. */
+	rc = lock_side(r, &h->cons, now_ns() + SLICE_NS);
 	if (!rc) {
 		rc = count_records(r, atomic_load(&h->cons.cursor),
 				   atomic_load_explicit(&h->prod.cursor, memory_order_acquire));

@@ -81,7 +81,8 @@ int pyipc_ring_shutdown(pyipc_ring *r, int immediate);
 int64_t pyipc_ring_qsize(pyipc_ring *r);
 /* A snapshot of the header. */
 int pyipc_ring_info(pyipc_ring *r, struct pyipc_ring_info *out);
-/* Walk and validate every queued record; returns how many, or -EBADMSG. */
+/* Walk and validate every queued record; returns how many, or -EBADMSG,
+ * or -ETIMEDOUT if the consumer lock stays held for 100 ms. */
 int64_t pyipc_ring_check(pyipc_ring *r);
 
 #endif

@@ -5,7 +5,11 @@ lock-protected ring in a named POSIX shared-memory segment.  Message passing:
 ``pipe()``, UNIX sockets and ``MessageQueue`` behind one ``Channel`` protocol.
 """
 from .errors import CorruptedError, Empty, Full, IPCError, MessageTooLarge, ShutDown
+from .channel import Channel
+from .mqueue import MessageQueue
+from .pipe import open_fifo, pipe
 from .ring import RingBuffer
+from .usock import UnixListener, socketpair, unix_connect
 
 __version__ = "0.1.0"
 
@@ -17,4 +21,11 @@ __all__ = [
     "MessageTooLarge",
     "CorruptedError",
     "RingBuffer",
+    "Channel",
+    "pipe",
+    "open_fifo",
+    "socketpair",
+    "UnixListener",
+    "unix_connect",
+    "MessageQueue",
 ]

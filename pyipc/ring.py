@@ -32,6 +32,14 @@ _EMSGSIZE = -errno.EMSGSIZE
 _ESHUTDOWN = -errno.ESHUTDOWN
 _EBADF = -errno.EBADF
 
+# Bound once: attribute lookups on cffi's `lib` cost more than the calls.
+_c_put = lib.pyipc_ring_put
+_c_get = lib.pyipc_ring_get
+_c_get_many = lib.pyipc_ring_get_many
+_from_buffer = ffi.from_buffer
+_unpack = ffi.unpack
+_NULL = ffi.NULL
+
 _STAT_KEYS = ("puts", "gets", "bytes_put", "bytes_got", "put_waits", "get_waits")
 _INFO_KEYS = (
     "capacity",
@@ -178,12 +186,13 @@ class RingBuffer:
         if h is None:
             raise _closed()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        buf = ffi.from_buffer(data)
-        seq = ffi.new("uint64_t *") if wait_consumed else ffi.NULL
-        put = lib.pyipc_ring_put
+        # bytes go to C as they are (cffi passes their internal pointer);
+        # anything else through the buffer protocol (TypeError if not one).
+        buf = data if type(data) is bytes else _from_buffer(data)
+        seq = ffi.new("uint64_t *") if wait_consumed else _NULL
         n = len(buf)
         while True:
-            rc = put(h, buf, n, d, seq)
+            rc = _c_put(h, buf, n, d, seq)
             if rc == 0:
                 break
             if rc != _EINTR:
@@ -257,15 +266,16 @@ class RingBuffer:
         if h is None:
             raise _closed()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        # Receive buffers are pooled per handle; list pop/append are atomic
+        # under the GIL, so threads sharing a handle never share a buffer.
         bufs = self._bufs
         rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
-        get = lib.pyipc_ring_get
         try:
             while True:
                 buf, size, need = rbuf
-                n = get(h, buf, size, d, need)
+                n = _c_get(h, buf, size, d, need)
                 if n >= 0:
-                    return ffi.unpack(buf, n)  # type: ignore[no-any-return]
+                    return _unpack(buf, n)  # type: ignore[no-any-return]
                 if n == _EINTR:
                     continue
                 if n == _EMSGSIZE:
@@ -297,7 +307,7 @@ class RingBuffer:
         need = ffi.new("uint64_t *")
         size = len(buf)
         while True:
-            n = lib.pyipc_ring_get(h, buf, size, d, need)
+            n = _c_get(h, buf, size, d, need)
             if n >= 0:
                 return int(n)
             if n == _EINTR:
@@ -327,7 +337,7 @@ class RingBuffer:
         try:
             while True:
                 buf, size, need = rbuf
-                n = lib.pyipc_ring_get_many(h, buf, size, lens, max_messages, d, need)
+                n = _c_get_many(h, buf, size, lens, max_messages, d, need)
                 if n > 0:
                     view = ffi.buffer(buf, size)
                     out = []
