@@ -8,6 +8,7 @@ from .errors import CorruptedError, Empty, Full, IPCError, MessageTooLarge, Shut
 from .channel import Channel
 from .mqueue import MessageQueue
 from .pipe import open_fifo, pipe
+from .queue import Queue
 from .ring import RingBuffer
 from .usock import UnixListener, socketpair, unix_connect
 
@@ -21,6 +22,7 @@ __all__ = [
     "MessageTooLarge",
     "CorruptedError",
     "RingBuffer",
+    "Queue",
     "Channel",
     "pipe",
     "open_fifo",

@@ -244,7 +244,7 @@ class RingBuffer:
             rc = lib.pyipc_ring_put_many(h, base + offset, lens + queued, total - queued, d, done)
             for i in range(queued, queued + done[0]):
                 offset += lens[i]
-            queued += done[0]
+            queued += int(done[0])
             if rc == 0:
                 return queued
             if rc == _EINTR:
@@ -270,20 +270,29 @@ class RingBuffer:
         # under the GIL, so threads sharing a handle never share a buffer.
         bufs = self._bufs
         rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
+        # The common case, straight-line: one C call, one bytes object.
+        n = _c_get(h, rbuf[0], rbuf[1], d, rbuf[2])
+        if n >= 0:
+            data: bytes = _unpack(rbuf[0], n)
+            bufs.append(rbuf)
+            return data
+        return self._get_retry(h, d, rbuf, n)
+
+    def _get_retry(self, h: Any, d: int, rbuf: _RecvBuf, n: int) -> bytes:
+        """get's rarer paths: a slice ended, a signal, or too small a buffer."""
         try:
             while True:
                 buf, size, need = rbuf
-                n = _c_get(h, buf, size, d, need)
                 if n >= 0:
                     return _unpack(buf, n)  # type: ignore[no-any-return]
-                if n == _EINTR:
-                    continue
                 if n == _EMSGSIZE:
                     rbuf = _new_recv_buf(_grown(size, need[0]))
-                    continue
-                raise self._get_error(n)
+                elif n != _EINTR:
+                    raise self._get_error(n)
+                buf, size, need = rbuf
+                n = _c_get(h, buf, size, d, need)
         finally:
-            bufs.append(rbuf)
+            self._bufs.append(rbuf)
 
     def get_nowait(self) -> bytes:
         """``get(block=False)``."""
