@@ -184,14 +184,13 @@ def _cmd_rm(args: argparse.Namespace) -> int:
                 # No attach: a corrupted segment is exactly what --force is for.
                 os.unlink(os.path.join(SHM_DIR, shm_name(name)))
             else:
-                with _open(name) as ring:
+                with RingBuffer(name) as ring:
                     ring.unlink()
         except FileNotFoundError:
             _say(f"no ring named {name!r}")
             failed = True
-        except _OperationalError as exc:
-            hint = " (use --force to remove it anyway)" if "not a valid" in str(exc) else ""
-            _say(f"{exc}{hint}")
+        except CorruptedError:
+            _say(f"{name!r} is not a valid pyipc ring (use --force to remove it anyway)")
             failed = True
         except PermissionError:
             _say(f"permission denied: {name!r}")
