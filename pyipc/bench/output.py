@@ -1,6 +1,7 @@
 """The output of ``pyipc bench``: the table, JSON, the plot and progress."""
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from typing import Any, Dict, List, Optional, TextIO, Tuple
@@ -84,10 +85,11 @@ def write_plot(report: Report, path: str) -> None:
     Raises ImportError when matplotlib (the ``plot`` extra) is missing, and
     OSError when the file cannot be written.
     """
-    import matplotlib
-
+    # Looked up at run time, like every optional dependency of the benchmark,
+    # so that the package type-checks where matplotlib is not installed.
+    matplotlib = importlib.import_module("matplotlib")
     matplotlib.use("Agg")  # no display needed: we only write a file
-    import matplotlib.pyplot as plt
+    plt = importlib.import_module("matplotlib.pyplot")
 
     rows = [r for r in report.results if "error" not in r]
     fig, ax = plt.subplots(figsize=(12, 6))

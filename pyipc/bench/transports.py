@@ -4,6 +4,10 @@ A ``Transport`` is a handful of plain functions, so that the benchmark loops
 (``runner``) and the pytest-benchmark benches (``benches/``) drive every
 transport the same way.  ``TRANSPORTS`` maps the names that
 ``pyipc bench --transports`` accepts to them, in the table's order.
+
+Third-party modules are imported with ``importlib.import_module`` when a
+transport is used: they are optional (the ``bench`` extra), and the package
+must type-check under ``mypy --strict`` without them.
 """
 from __future__ import annotations
 
@@ -404,7 +408,7 @@ def _zmq_destroy(path: str) -> None:
 
 
 def _zmq_socket(path: str, pull: bool) -> Tuple[Any, Callable[[], None]]:
-    import zmq
+    zmq = importlib.import_module("zmq")
 
     # Contexts do not survive fork: each child makes its own.
     ctx = zmq.Context()
