@@ -1,0 +1,338 @@
+"""The ``pyipc`` command: ``bench``, ``ls``, ``info`` and ``rm``.
+
+Exit codes: 0 success, 1 an operational error (a missing or corrupted ring,
+a permission, a failed write), 2 a usage error (bad option or name), 130
+interrupted.  Expected errors print one ``pyipc: ...`` line on stderr, never a
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import bench
+from ._util import shm_name
+from .errors import CorruptedError
+from .ring import RingBuffer
+
+__all__ = ["main", "SHM_DIR", "pid_alive", "list_rings"]
+
+SHM_DIR = "/dev/shm"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _UsageError(Exception):
+    """A bad argument found after parsing (an unknown transport, a bad name)."""
+
+
+def _say(message: str) -> None:
+    print(f"pyipc: {message}", file=sys.stderr)
+
+
+def pid_alive(pid: int) -> Optional[bool]:
+    """Whether process ``pid`` exists (None when the pid is not a real one).
+
+    ``PermissionError`` from ``kill(pid, 0)`` means the process exists but
+    belongs to someone else: alive.
+    """
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _alive_text(pid: int) -> str:
+    alive = pid_alive(pid)
+    return "unknown" if alive is None else ("alive" if alive else "dead")
+
+
+def list_rings() -> List[Dict[str, Any]]:
+    """``info()`` of every pyipc ring in ``/dev/shm``, with its ``name``.
+
+    Files that are not rings (``CorruptedError``), that we may not open
+    (``PermissionError``), that vanish meanwhile, or whose names are not
+    valid ring names are skipped.  Raises OSError if the directory cannot be
+    read.
+    """
+    rings = []
+    for entry in sorted(os.scandir(SHM_DIR), key=lambda e: e.name):
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            with RingBuffer(entry.name) as ring:
+                info = ring.info()
+        except (CorruptedError, PermissionError, FileNotFoundError, ValueError):
+            continue
+        except OSError:
+            # Anything else the kernel says about someone else's file (a
+            # size it cannot map, say) also means "not one of our rings".
+            continue
+        rings.append({"name": entry.name, **info})
+    return rings
+
+
+def _open(name: str) -> RingBuffer:
+    """Attach to ring ``name``; expected failures become one-line messages."""
+    try:
+        return RingBuffer(name)
+    except FileNotFoundError:
+        raise _OperationalError(f"no ring named {name!r}") from None
+    except CorruptedError:
+        raise _OperationalError(f"{name!r} is not a valid pyipc ring") from None
+    except PermissionError:
+        raise _OperationalError(f"permission denied: {name!r}") from None
+
+
+class _OperationalError(Exception):
+    """An expected failure of the command itself (exit code 1)."""
+
+
+def _check_names(names: Sequence[str]) -> None:
+    for name in names:
+        try:
+            shm_name(name)
+        except ValueError as exc:
+            raise _UsageError(f"invalid ring name {name!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    try:
+        rings = list_rings()
+    except OSError as exc:
+        raise _OperationalError(f"cannot read {SHM_DIR}: {exc.strerror}") from None
+    for info in rings:
+        info["creator_alive"] = pid_alive(info["creator_pid"])
+    if args.json:
+        print(json.dumps(rings, indent=2))
+        return EXIT_OK
+    if not rings:
+        print(f"no pyipc rings in {SHM_DIR}")
+        return EXIT_OK
+    width = max(len("NAME"), *(len(r["name"]) for r in rings))
+    print(f"{'NAME':<{width}}  {'CAPACITY':>10}  {'MESSAGES':>9}  {'USED':>10}  "
+          f"{'CREATOR':>8}  ALIVE")
+    for r in rings:
+        alive = r["creator_alive"]
+        print(f"{r['name']:<{width}}  {r['capacity']:>10}  {r['messages']:>9}  "
+              f"{r['bytes_used']:>10}  {r['creator_pid']:>8}  "
+              f"{'unknown' if alive is None else ('yes' if alive else 'no')}")
+    return EXIT_OK
+
+
+_SHUTDOWN = {0: "open", 1: "shut down", 2: "shut down immediately"}
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    _check_names([args.name])
+    with _open(args.name) as ring:
+        info = ring.info()
+        stats = ring.stats()
+        name = ring.name
+    if args.json:
+        out = {"name": name, **info, "creator_alive": pid_alive(info["creator_pid"]),
+               "stats": stats}
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    rows = [
+        ("name", name),
+        ("capacity", f"{info['capacity']} ({bench.format_size(info['capacity'])})"),
+        ("max_message_size", str(info["max_message_size"])),
+    ]
+    if "max_messages" in info:
+        bound = info["max_messages"]
+        rows.append(("max_messages", str(bound) if bound else "0 (no bound)"))
+    rows += [
+        ("version", str(info["version"])),
+        ("shutdown", _SHUTDOWN.get(info["shutdown"], str(info["shutdown"]))),
+        ("creator_pid", f"{info['creator_pid']} ({_alive_text(info['creator_pid'])})"),
+        ("lock recoveries", str(info["recoveries"])),
+        ("messages", str(info["messages"])),
+        ("bytes_used", str(info["bytes_used"])),
+    ]
+    rows += [(key, str(value)) for key, value in stats.items()
+             if key not in ("messages", "recoveries")]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def _cmd_rm(args: argparse.Namespace) -> int:
+    _check_names(args.names)
+    failed = False
+    for name in args.names:
+        try:
+            if args.force:
+                # No attach: a corrupted segment is exactly what --force is for.
+                os.unlink(os.path.join(SHM_DIR, shm_name(name)))
+            else:
+                with RingBuffer(name) as ring:
+                    ring.unlink()
+        except FileNotFoundError:
+            _say(f"no ring named {name!r}")
+            failed = True
+        except CorruptedError:
+            _say(f"{name!r} is not a valid pyipc ring (use --force to remove it anyway)")
+            failed = True
+        except PermissionError:
+            _say(f"permission denied: {name!r}")
+            failed = True
+        else:
+            if args.verbose:
+                print(f"removed {name}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.list:
+        for t in bench.TRANSPORTS.values():
+            reason = t.unavailable()
+            state = "" if reason is None else f"  [unavailable: {reason}]"
+            print(f"{t.name:<18}{t.note}{state}")
+        return EXIT_OK
+    if args.transports is None:
+        names = list(bench.TRANSPORTS)
+    else:
+        names = [n.strip() for n in args.transports.split(",") if n.strip()]
+        unknown = [n for n in names if n not in bench.TRANSPORTS]
+        if unknown or not names:
+            raise _UsageError(f"unknown transport(s): {', '.join(unknown) or '(none given)'}; "
+                              f"known: {', '.join(bench.TRANSPORTS)}")
+    try:
+        sizes = bench.parse_sizes(args.sizes) if args.sizes else list(bench.DEFAULT_SIZES)
+    except ValueError as exc:
+        raise _UsageError(f"--sizes: {exc}") from None
+    if args.duration <= 0:
+        raise _UsageError("--duration must be a positive number of seconds")
+    if args.repeat < 1:
+        raise _UsageError("--repeat must be at least 1")
+    # Fail before minutes of measuring, not after.
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise _OperationalError(
+            "--plot needs matplotlib, which is not installed (pip install 'pyipc[plot]')")
+    consumer, producer = bench.pick_cpus()
+    progress = None if args.quiet else bench.stderr_progress()
+    if progress is not None:
+        where = ("no pinning: only one CPU" if consumer is None
+                 else f"producer on CPU {producer}, consumer on CPU {consumer}")
+        progress(f"pyipc bench: {where}")
+    report = bench.run_bench(names, sizes, args.duration, repeat=args.repeat,
+                             latency=args.latency, progress=progress)
+    if progress is not None and sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+    print(bench.format_table(report))
+    try:
+        if args.json:
+            bench.write_json(report, args.json)
+        if args.plot:
+            bench.write_plot(report, args.plot)
+    except OSError as exc:
+        raise _OperationalError(f"cannot write {exc.filename}: {exc.strerror}") from None
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pyipc",
+        description="Inspect and remove pyipc rings, and benchmark pyipc's transports.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    b = sub.add_parser(
+        "bench",
+        help="cross-process producer/consumer benchmark",
+        description=(
+            "Producer and consumer in two processes pinned to two CPUs, over every "
+            "transport and message size; prints msg/s, MB/s and the ratio to "
+            "multiprocessing.Queue (median of --repeat runs per cell)."
+        ),
+    )
+    b.add_argument("--transports", metavar="A,B,...",
+                   help="transports to run (default: all; see --list)")
+    b.add_argument("--sizes", metavar="S,S,...",
+                   help="message sizes, e.g. 64,4K,1M (default: 64,4K,64K,1M)")
+    b.add_argument("--duration", type=float, default=bench.DEFAULT_DURATION, metavar="SECONDS",
+                   help="producing time per cell, split over the repetitions "
+                        f"(default: {bench.DEFAULT_DURATION})")
+    b.add_argument("--repeat", type=int, default=bench.DEFAULT_REPEAT, metavar="N",
+                   help=f"runs per cell; the median is reported (default: {bench.DEFAULT_REPEAT})")
+    b.add_argument("--latency", action="store_true",
+                   help=f"ping-pong round trips of {bench.LATENCY_SIZE} B messages "
+                        "(p50/p99) instead of throughput")
+    b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    b.add_argument("--plot", metavar="FILE.png",
+                   help="also draw a bar chart (log scale; needs matplotlib)")
+    b.add_argument("--list", action="store_true", help="list the transports and exit")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    b.set_defaults(func=_cmd_bench)
+
+    ls = sub.add_parser("ls", help="list the pyipc rings in /dev/shm",
+                        description="List the pyipc rings in /dev/shm with capacity, "
+                                    "queued messages and whether their creator is alive.")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=_cmd_ls)
+
+    info = sub.add_parser("info", help="show a ring's header and counters",
+                          description="Show a ring's header (capacity, max message size, "
+                                      "version, shutdown state, creator) and its counters.")
+    info.add_argument("name", metavar="NAME", help="the ring's name (leading / optional)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_cmd_info)
+
+    rm = sub.add_parser("rm", help="remove rings",
+                        description="Remove rings by name.  Exit code 1 if any could "
+                                    "not be removed.")
+    rm.add_argument("names", nargs="+", metavar="NAME", help="ring names")
+    rm.add_argument("-f", "--force", action="store_true",
+                    help="remove the name even if it is not a valid ring")
+    rm.add_argument("-v", "--verbose", action="store_true", help="say what was removed")
+    rm.set_defaults(func=_cmd_rm)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``pyipc`` command with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns the exit code; never raises for expected errors.
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        code: int = args.func(args)
+        return code
+    except _UsageError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
+    except _OperationalError as exc:
+        _say(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
