@@ -58,23 +58,39 @@
 #define NOWAIT 0
 #define FOREVER (-1)
 
-/* The shared header.  Only fixed-size types; both sides must agree on it. */
+/*
+ * The shared header.  Only fixed-size types; both sides must agree on it.
+ *
+ * Each side is two cache lines: a private one that only its own threads
+ * touch (the lock and the redo log), and a published one that the other
+ * side reads on every call (the cursor).  Were they one line, every lock
+ * taken would first have to pull the line back from the other CPU.
+ */
 struct side {
+	/* private */
 	_Atomic uint32_t lock;        /* 0 free, else owner tid | LOCK_WAITERS */
 	uint32_t pad;
 	_Atomic uint64_t owner_start; /* owner thread's start time: tid reuse */
-	_Atomic uint64_t cursor; /* producers: tail; consumers: head */
-	_Atomic uint64_t count;  /* messages ever put / got */
-	_Atomic uint64_t bytes;  /* payload bytes ever put / got */
-	_Atomic uint64_t waits;  /* times this side went to sleep */
+	_Atomic uint64_t waits;       /* times this side went to sleep */
 	/*
-	 * A one-entry redo log for the fields above: written before the cursor
-	 * is published, so a lock recovered from a dead owner can tell whether
-	 * its last commit happened (cursor == pend_cursor) and finish it.
+	 * A one-entry redo log for the published fields: written before the
+	 * cursor is published, so a lock recovered from a dead owner can tell
+	 * whether its last commit happened (cursor == pend_cursor) and finish it.
 	 */
 	uint64_t pend_cursor;
 	uint64_t pend_count;
 	uint64_t pend_bytes;
+	/*
+	 * The other side's cursor as last read.  Reading the real one pulls its
+	 * cache line over from the other CPU, so a producer re-reads the head
+	 * only when the cached one says "full", a consumer the tail only when
+	 * the cached one says "empty".  A stale value is always a safe one.
+	 */
+	uint64_t other_cursor;
+	/* published */
+	alignas(LINE) _Atomic uint64_t cursor; /* producers: tail; consumers: head */
+	_Atomic uint64_t count;                /* messages ever put / got */
+	_Atomic uint64_t bytes;                /* payload bytes ever put / got */
 	/* The event count the *other* side sleeps on, bumped by this side. */
 	_Atomic uint32_t wake_evt;
 };
@@ -819,14 +835,14 @@ static int64_t append(struct pyipc_ring *r, const unsigned char *data, const uin
 {
 	struct shm_hdr *h = r->hdr;
 	uint64_t tail = atomic_load_explicit(&h->prod.cursor, memory_order_relaxed);
-	uint64_t head = atomic_load_explicit(&h->cons.cursor, memory_order_acquire);
+	uint64_t head = h->prod.other_cursor;
 	uint64_t puts = atomic_load_explicit(&h->prod.count, memory_order_relaxed);
 	uint64_t pos = tail, bytes = 0;
-	int64_t used = used_bytes(r, head, tail);
+	int fresh = 0;
 	size_t i;
 
-	if (used < 0)
-		return used;
+	if (used_bytes(r, head, tail) < 0)
+		head = tail + r->cap; /* a scribbled cache: "full", so refresh below */
 	if (first_seq)
 		*first_seq = puts;
 	for (i = 0; i < n; i++) {
@@ -838,8 +854,21 @@ static int64_t append(struct pyipc_ring *r, const unsigned char *data, const uin
 				return -EMSGSIZE;
 			break;
 		}
-		if ((pos - tail) + (uint64_t)used + rec_size(len) > r->cap)
-			break;
+		if ((pos - head) + rec_size(len) > r->cap) {
+			/* Full by the cached head: read the consumers' real one. */
+			if (fresh)
+				break;
+			fresh = 1;
+			head = atomic_load_explicit(&h->cons.cursor, memory_order_acquire);
+			h->prod.other_cursor = head;
+			if (used_bytes(r, head, tail) < 0) {
+				if (i)
+					break;
+				return -EBADMSG;
+			}
+			if ((pos - head) + rec_size(len) > r->cap)
+				break;
+		}
 		if (r->max_messages &&
 		    puts + i - atomic_load_explicit(&h->cons.count, memory_order_acquire) >= r->max_messages)
 			break;
@@ -961,15 +990,31 @@ static int64_t take(struct pyipc_ring *r, unsigned char *buf, uint64_t cap, uint
 {
 	struct shm_hdr *h = r->hdr;
 	uint64_t head = atomic_load_explicit(&h->cons.cursor, memory_order_relaxed);
-	uint64_t tail = atomic_load_explicit(&h->prod.cursor, memory_order_acquire);
+	uint64_t tail = h->cons.other_cursor;
 	uint64_t pos = head, off = 0, bytes = 0, i;
-	int64_t used = used_bytes(r, head, tail);
+	int fresh = 0;
 
-	if (used < 0)
-		return used;
-	for (i = 0; i < max && pos != tail; i++) {
-		int64_t len = record_at(r, pos, tail - pos);
+	if (used_bytes(r, head, tail) < 0)
+		tail = head; /* a scribbled cache: "empty", so refresh below */
+	for (i = 0; i < max; i++) {
+		int64_t len;
 
+		if (pos == tail) {
+			/* Empty by the cached tail: read the producers' real one. */
+			if (fresh)
+				break;
+			fresh = 1;
+			tail = atomic_load_explicit(&h->prod.cursor, memory_order_acquire);
+			h->cons.other_cursor = tail;
+			if (used_bytes(r, head, tail) < 0) {
+				if (i)
+					break;
+				return -EBADMSG;
+			}
+			if (pos == tail)
+				break;
+		}
+		len = record_at(r, pos, tail - pos);
 		if (len < 0) {
 			if (i)
 				break; /* deliver the good ones; the next call reports it */

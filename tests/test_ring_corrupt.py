@@ -24,13 +24,14 @@ import pytest
 from pyipc import CorruptedError, RingBuffer
 
 # The header layout, version 1 (see csrc/ring.c): what the attach tests
-# alter.  Each side (producers at 128, consumers at 256) starts with its
-# lock word (owner thread id) and the owner's start time, bytes 0..15.
+# alter.  Each side (producers at 128, consumers at 384) starts with its
+# lock word (owner thread id) and the owner's start time, bytes 0..15; its
+# cursor and counters follow on the next cache line (+128).
 OFF_MAGIC, OFF_VERSION, OFF_HDR_SIZE, OFF_CAPACITY, OFF_MAX_MSG = 0, 8, 12, 16, 24
 HDR_PAGE = 4096
-SIDES = (128, 256)
+SIDES = (128, 384)
 LOCK_WORDS = [(side, side + 16) for side in SIDES]
-FIELDS_END = 384  # everything the header holds lies before this offset
+FIELDS_END = 640  # everything the header holds lies before this offset
 
 VICTIM = r'''
 import random, sys, time

@@ -38,11 +38,10 @@ TORN = 0xFFFFFFFF  # a report with this producer id marks a torn message
 GET_MANY = 4  # the largest batch a consumer child takes in one call
 BIG = 2 << 20  # "big" messages: their copy holds a lock for a while
 
-# Where the locks live (layout version 1): the producers' robust mutex at
-# offset 128 of the segment, the consumers' at 256.  glibc keeps the owner's
-# thread id in the low 30 bits of the mutex's first word; a worker is single
-# threaded, so that is its pid.
-LOCK_OFFSETS = (128, 256)
+# Where the locks live (layout version 1): the producers' lock word at offset
+# 128 of the segment, the consumers' at 384.  It holds the owner's thread id
+# in its low 30 bits; a worker is single threaded, so that is its pid.
+LOCK_OFFSETS = (128, 384)
 TID_MASK = 0x3FFFFFFF
 
 WORKER = r'''

@@ -13,9 +13,9 @@
  *
  * A few tests poke at the shared header through its documented layout
  * (version 1): magic at 0, version at 8, header size at 12, capacity at 16,
- * max_msg at 24; the producer side at 128 and the consumer side at 256, each
- * starting with its lock word (owner tid, 4 bytes), 4 bytes of padding, the
- * owner's start time (8 bytes), then its cursor.
+ * max_msg at 24; the producer side at 128 and the consumer side at 384, each
+ * starting with its lock word (owner tid, 4 bytes), 4 bytes of padding and
+ * the owner's start time (8 bytes); its cursor is 128 bytes further on.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,8 +40,8 @@
 #define OFF_CAPACITY 16
 #define OFF_MAX_MSG 24
 #define OFF_PROD 128
-#define OFF_CONS 256
-#define OFF_CURSOR 16 /* within a side, after the lock word and owner start */
+#define OFF_CONS 384
+#define OFF_CURSOR 128 /* within a side: the published line */
 #define OFF_OWNER_START 8
 #define HDR_PAGE 4096
 
@@ -907,7 +907,11 @@ static void test_scribbled_record(void)
 	pyipc_ring_free(r);
 }
 
-/* scribbled cursors make calls fail or report nothing, never touch memory outside the map. */
+/*
+ * scribbled cursors make calls fail or succeed within bounds, never touch memory outside the map.
+ * (Each side caches the other's cursor, so a scribble may be noticed only when the cache is
+ * refreshed; until then calls work on positions that are masked and bounds-checked all the same.)
+ */
 static void test_scribbled_cursors(void)
 {
 	static const uint64_t bad[] = { 1, 7, 4096, 1ull << 40, ~0ull, 0x8000000000000000ull };
@@ -929,14 +933,14 @@ static void test_scribbled_cursors(void)
 			memcpy(p + OFF_CONS + OFF_CURSOR, &zero, 8);
 			memcpy(p + (side ? OFF_CONS : OFF_PROD) + OFF_CURSOR, &bad[i], 8);
 			rc = pyipc_ring_get(r, buf, sizeof(buf), NOWAIT, &needed);
-			CHECK(rc == -EBADMSG || rc == -EAGAIN);
+			CHECK(rc == -EBADMSG || rc == -EAGAIN || (rc >= 0 && rc <= 1024 - 8));
 			rc = pyipc_ring_get_many(r, buf, sizeof(buf), lens, 4, in_ms(5), &needed);
-			CHECK(rc == -EBADMSG || rc == -ETIMEDOUT);
+			CHECK(rc == -EBADMSG || rc == -ETIMEDOUT || (rc >= 1 && rc <= 4));
 			rc = pyipc_ring_put(r, buf, 100, NOWAIT, NULL);
-			CHECK(rc == -EBADMSG || rc == -EAGAIN);
+			CHECK(rc == -EBADMSG || rc == -EAGAIN || rc == 0);
 			lens[0] = lens[1] = 10;
 			rc = pyipc_ring_put_many(r, buf, lens, 2, in_ms(5), &done);
-			CHECK(rc == -EBADMSG || rc == -ETIMEDOUT);
+			CHECK(rc == -EBADMSG || rc == -ETIMEDOUT || rc == 0);
 			CHECK(pyipc_ring_check(r) == -EBADMSG);
 			rc = pyipc_ring_qsize(r);
 			CHECK(rc >= 0 && rc <= 1024 / 8);
