@@ -14,7 +14,7 @@ import operator
 import os
 import secrets
 import time
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from ._core import ffi, lib
 from ._util import FOREVER, NOWAIT, deadline, shm_name
@@ -24,6 +24,7 @@ __all__ = ["RingBuffer", "DEFAULT_CAPACITY"]
 
 DEFAULT_CAPACITY = 1 << 20
 _FIRST_BUFFER = 64 * 1024  # receive buffers start here and grow on demand
+_JOIN_MAX = 256 * 1024  # put_many joins batches up to this many bytes
 
 _EINTR = -errno.EINTR
 _EAGAIN = -errno.EAGAIN
@@ -231,10 +232,14 @@ class RingBuffer:
             items = list(items)
         if not items:
             return 0
-        blob = b"".join(items)  # TypeError for anything not bytes-like
-        lens = ffi.new(
-            "uint64_t[]", [len(x) if type(x) is bytes else memoryview(x).nbytes for x in items]
-        )
+        # memoryview() is the TypeError for anything not bytes-like.
+        sizes = [len(x) if type(x) is bytes else memoryview(x).nbytes for x in items]
+        if sum(sizes) > _JOIN_MAX:
+            return self._put_each(h, items, sizes, d)
+        # Small messages travel joined: one copy here is far cheaper than
+        # one buffer object per message.
+        blob = b"".join(items)
+        lens = ffi.new("uint64_t[]", sizes)
         base = ffi.from_buffer(blob)
         done = ffi.new("size_t *")
         total = len(items)
@@ -242,8 +247,7 @@ class RingBuffer:
         offset = 0
         while True:
             rc = lib.pyipc_ring_put_many(h, base + offset, lens + queued, total - queued, d, done)
-            for i in range(queued, queued + done[0]):
-                offset += lens[i]
+            offset += sum(sizes[queued : queued + done[0]])
             queued += int(done[0])
             if rc == 0:
                 return queued
@@ -251,7 +255,22 @@ class RingBuffer:
                 continue
             if rc in (_EAGAIN, _ETIMEDOUT):
                 return queued
-            raise self._put_error(rc, lens[queued])
+            raise self._put_error(rc, sizes[queued])
+
+    def _put_each(self, h: Any, items: Sequence[Any], sizes: List[int], d: int) -> int:
+        """put_many for large messages: one record per call, no joined copy
+        (each is a lock round trip, which is nothing beside its copy)."""
+        for queued, (item, size) in enumerate(zip(items, sizes)):
+            buf = item if type(item) is bytes else _from_buffer(item)
+            while True:
+                rc = _c_put(h, buf, size, d, _NULL)
+                if rc != _EINTR:
+                    break
+            if rc in (_EAGAIN, _ETIMEDOUT):
+                return queued
+            if rc:
+                raise self._put_error(rc, size)
+        return len(items)
 
     # ---- consuming -------------------------------------------------------
 

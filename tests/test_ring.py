@@ -498,3 +498,14 @@ def test_corrupted_segment_rejected(shm_name):
         f.write(os.urandom(8192))
     with pytest.raises(CorruptedError):
         RingBuffer(name)
+
+
+def test_put_many_large_items_one_by_one(shm_name):
+    """put_many of messages too large to join keeps order, counts and partial stops."""
+    with RingBuffer(shm_name(), create=True, capacity=1 << 20) as r:
+        big = [bytes([i]) * 200_000 for i in range(8)]
+        assert r.put_many(big, block=False) == 5  # five 200 kB records fit 1 MiB
+        assert [r.get_nowait() for _ in range(5)] == big[:5]
+        with pytest.raises(TypeError):
+            r.put_many([b"x" * 300_000, "not bytes"])
+        assert r.empty()  # nothing was queued before the TypeError
