@@ -17,25 +17,26 @@ end of file then, not a moment before).
 from __future__ import annotations
 
 import asyncio
-import errno
 import time
 from typing import Any, List, Optional, Protocol, Tuple, TypeVar, runtime_checkable
 
 from ._core import ffi, lib
 from ._util import FOREVER, NOWAIT, channel_deadline
 from .errors import MessageTooLarge, error_from
+from .errors import (
+    RC_EINTR as _EINTR,
+    RC_EAGAIN as _EAGAIN,
+    RC_ETIMEDOUT as _ETIMEDOUT,
+    RC_EMSGSIZE as _EMSGSIZE,
+    RC_EBADF as _EBADF,
+    RC_EBUSY as _EBUSY,
+    RC_EPIPE as _EPIPE,
+    RC_ECONNRESET as _ECONNRESET,
+    RC_EBADMSG as _EBADMSG,
+)
 
 __all__ = ["Channel", "ChannelBase"]
 
-_EINTR = -errno.EINTR
-_EAGAIN = -errno.EAGAIN
-_ETIMEDOUT = -errno.ETIMEDOUT
-_EMSGSIZE = -errno.EMSGSIZE
-_EBADF = -errno.EBADF
-_EBUSY = -errno.EBUSY
-_EPIPE = -errno.EPIPE
-_ECONNRESET = -errno.ECONNRESET
-_EBADMSG = -errno.EBADMSG
 
 # Kinds, as in enum pyipc_chan_kind (csrc/channel_api.h).
 PIPE = lib.PYIPC_CHAN_PIPE

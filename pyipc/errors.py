@@ -52,6 +52,19 @@ class CorruptedError(IPCError):
     """A segment is not a valid pyipc ring (bad magic, version or header)."""
 
 
+# The C core returns -errno; these are the codes the Python layer tests for,
+# bound once so hot paths compare against module globals.
+RC_EINTR = -errno.EINTR
+RC_EAGAIN = -errno.EAGAIN
+RC_ETIMEDOUT = -errno.ETIMEDOUT
+RC_EMSGSIZE = -errno.EMSGSIZE
+RC_EBADF = -errno.EBADF
+RC_EBUSY = -errno.EBUSY
+RC_EPIPE = -errno.EPIPE
+RC_ECONNRESET = -errno.ECONNRESET
+RC_EBADMSG = -errno.EBADMSG
+RC_ESHUTDOWN = -errno.ESHUTDOWN
+
 # C return codes with a meaning of pyipc's own; everything else is an OSError.
 _SPECIAL = {
     errno.EMSGSIZE: MessageTooLarge,

@@ -7,7 +7,6 @@ timed system call in C, waiting in bounded slices (see ``csrc/mq.c``).
 from __future__ import annotations
 
 import errno
-import os
 from typing import Any, Optional, Tuple
 
 from ._core import ffi, lib

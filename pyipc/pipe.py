@@ -17,10 +17,10 @@ from ._core import ffi, lib
 from ._util import FOREVER, channel_deadline
 from .channel import PIPE, ChannelBase, _close_fds
 from .errors import error_from
+from .errors import RC_EINTR as _EINTR
 
 __all__ = ["PipeChannel", "pipe", "open_fifo"]
 
-_EINTR = -errno.EINTR
 
 
 class PipeChannel(ChannelBase):

@@ -14,7 +14,6 @@ handle that only attached (an unpickled copy in a child, or
 """
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import struct
@@ -24,6 +23,14 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 from ._core import ffi, lib
 from ._util import FOREVER, deadline
 from .errors import Empty, Full, MessageTooLarge, ShutDown, error_from
+from .errors import (
+    RC_EINTR as _EINTR,
+    RC_EAGAIN as _EAGAIN,
+    RC_ETIMEDOUT as _ETIMEDOUT,
+    RC_EMSGSIZE as _EMSGSIZE,
+    RC_EBADF as _EBADF,
+    RC_ESHUTDOWN as _ESHUTDOWN,
+)
 from .ring import RingBuffer
 
 __all__ = ["Queue"]
@@ -43,12 +50,6 @@ _lib_get = lib.pyipc_ring_get
 _unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
-_EINTR = -errno.EINTR
-_EAGAIN = -errno.EAGAIN
-_ETIMEDOUT = -errno.ETIMEDOUT
-_EMSGSIZE = -errno.EMSGSIZE
-_ESHUTDOWN = -errno.ESHUTDOWN
-_EBADF = -errno.EBADF
 _pickle_dumps = pickle.dumps
 _pickle_loads = pickle.loads
 

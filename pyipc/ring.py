@@ -9,7 +9,6 @@ every other allocation they can: receive buffers are pooled per handle.
 from __future__ import annotations
 
 import asyncio
-import errno
 import operator
 import os
 import secrets
@@ -17,8 +16,16 @@ import time
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from ._core import ffi, lib
-from ._util import FOREVER, NOWAIT, deadline, shm_name
+from ._util import FOREVER, deadline, shm_name
 from .errors import Empty, Full, MessageTooLarge, ShutDown, error_from
+from .errors import (
+    RC_EINTR as _EINTR,
+    RC_EAGAIN as _EAGAIN,
+    RC_ETIMEDOUT as _ETIMEDOUT,
+    RC_EMSGSIZE as _EMSGSIZE,
+    RC_EBADF as _EBADF,
+    RC_ESHUTDOWN as _ESHUTDOWN,
+)
 
 __all__ = ["RingBuffer", "DEFAULT_CAPACITY"]
 
@@ -26,12 +33,6 @@ DEFAULT_CAPACITY = 1 << 20
 _FIRST_BUFFER = 64 * 1024  # receive buffers start here and grow on demand
 _JOIN_MAX = 256 * 1024  # put_many joins batches up to this many bytes
 
-_EINTR = -errno.EINTR
-_EAGAIN = -errno.EAGAIN
-_ETIMEDOUT = -errno.ETIMEDOUT
-_EMSGSIZE = -errno.EMSGSIZE
-_ESHUTDOWN = -errno.ESHUTDOWN
-_EBADF = -errno.EBADF
 
 # Bound once: attribute lookups on cffi's `lib` cost more than the calls.
 _c_put = lib.pyipc_ring_put

@@ -16,7 +16,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 from ._core import ffi, lib
 from ._util import FOREVER, channel_deadline
 from .channel import DGRAM, LISTENER, SEQPACKET, STREAM, ChannelBase, _close_fds, _closed_error
-from .errors import MessageTooLarge, error_from
+from .errors import error_from
+from .errors import RC_EINTR as _EINTR, RC_EAGAIN as _EAGAIN, RC_ETIMEDOUT as _ETIMEDOUT
 
 __all__ = ["SocketChannel", "UnixListener", "socketpair", "unix_connect", "MAX_FDS"]
 
@@ -24,9 +25,6 @@ MAX_FDS = 64  # descriptors one message may carry (CHAN_MAXFDS in C)
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) less the final NUL
 
 _KINDS = {"stream": STREAM, "seqpacket": SEQPACKET, "dgram": DGRAM}
-_EINTR = -errno.EINTR
-_EAGAIN = -errno.EAGAIN
-_ETIMEDOUT = -errno.ETIMEDOUT
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
