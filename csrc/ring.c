@@ -149,12 +149,15 @@ int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out)
 	if (rc)
 		goto err_free;
 	/* The rest of the geometry; read once, like the shared part. */
-	if (r->seg.hdr->max_msg != r->seg.cap - REC_HDR ||
-	    r->seg.hdr->max_messages > r->seg.cap / REC_HDR) {
+	r->max_messages = r->seg.hdr->max_messages;
+	if (flags & PYIPC_SEG_REPAIR) {
+		if (r->max_messages > r->seg.cap / REC_HDR)
+			r->max_messages = 0; /* damaged: repair() writes 0 back */
+	} else if (r->seg.hdr->max_msg != r->seg.cap - REC_HDR ||
+		   r->max_messages > r->seg.cap / REC_HDR) {
 		rc = -EBADMSG;
 		goto err_detach;
 	}
-	r->max_messages = r->seg.hdr->max_messages;
 	rc = handle_map(r);
 	if (rc)
 		goto err_detach;

@@ -57,7 +57,10 @@ enum pyipc_layout {
 	PYIPC_OWNER_UNKNOWN = 0x7fffffff,
 	/* `flags` of create/attach/probe/unlink: `where` is a file path, not a
 	 * shared-memory name. */
-	PYIPC_SEG_PATH = 1
+	PYIPC_SEG_PATH = 1,
+	/* attach only: take the geometry from the file's size, not from a header
+	 * that may be damaged, so that repair() can put the header right. */
+	PYIPC_SEG_REPAIR = 2
 };
 
 /* A consistent snapshot of a ring's header, for stats() and `pyipc info`. */

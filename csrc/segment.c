@@ -184,14 +184,23 @@ void seg_publish(struct seg *s, uint32_t kind)
 	atomic_store_explicit((_Atomic uint64_t *)&s->hdr->magic, SEG_MAGIC, memory_order_release);
 }
 
-/* Check the shared geometry against the file; copies it into s. */
+/* Check the shared geometry against the file; copies it into s.  With
+ * PYIPC_SEG_REPAIR the geometry comes from the file's size instead, and
+ * only a segment that says it is of another layout or kind is refused. */
 static int validate(struct seg *s, const struct seg_hdr *h, uint64_t size, uint64_t page,
-		    uint32_t kind, uint64_t hdr_min)
+		    uint32_t kind, uint64_t hdr_min, int flags)
 {
 	uint64_t cap = h->capacity, hs = h->hdr_size;
 
-	if (h->version != PYIPC_LAYOUT_VERSION || h->kind != kind)
+	if (flags & PYIPC_SEG_REPAIR) {
+		if (h->version == 1 || (h->kind != kind && h->kind >= PYIPC_KIND_RING &&
+					h->kind <= PYIPC_KIND_TOPIC))
+			return -EBADMSG;
+		hs = (hdr_min + page - 1) & ~(page - 1);
+		cap = size > hs ? size - hs : 0;
+	} else if (h->version != PYIPC_LAYOUT_VERSION || h->kind != kind) {
 		return -EBADMSG;
+	}
 	if (hs < hdr_min || hs > MAX_HDR_SIZE || hs % page)
 		return -EBADMSG;
 	if (cap < page || cap > MAX_CAPACITY || (cap & (cap - 1)) || cap % page)
@@ -251,7 +260,7 @@ int seg_attach(struct seg *s, const char *where, int flags, uint32_t kind, uint6
 		usleep(5000);
 	}
 	/* Copy the geometry out once; later reads of it could be scribbled. */
-	rc = validate(s, &snap, (uint64_t)st.st_size, page, kind, hdr_min);
+	rc = validate(s, &snap, (uint64_t)st.st_size, page, kind, hdr_min, flags);
 	if (!rc)
 		rc = remember_path(s, where, flags);
 	if (!rc)

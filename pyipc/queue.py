@@ -20,9 +20,9 @@ import struct
 from multiprocessing.util import Finalize
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
-from ._core import ffi
-from .errors import MessageTooLarge
-from .ring import RingBuffer
+from ._core import ffi, lib
+from ._util import FOREVER, deadline
+from .ring import _PUT, RingBuffer, _new_recv_buf
 
 __all__ = ["Queue"]
 
@@ -38,6 +38,9 @@ _from_buffer = ffi.from_buffer
 _pickle_dumps = pickle.dumps
 _pickle_loads = pickle.loads
 _FIRST_BUFFER = 64 * 1024  # the ring's pooled receive buffers start this large
+_NULL = ffi.NULL
+_c_put = lib.pyipc_ring_put
+_c_get = lib.pyipc_ring_get
 
 
 # ---- large buffers out of band ----------------------------------------------
@@ -234,9 +237,8 @@ class Queue:
         "_closed",
         "_dumps",
         "_loads",
-        "_put",
-        "_put_gather",
-        "_get",
+        "_h",
+        "_bufs",
         "_decode",
         "_spares",
         "_framed",
@@ -272,10 +274,12 @@ class Queue:
         self._ring = ring
         assert ring.name is not None
         self._name: str = ring.name
-        # The ring's methods made for a Queue, bound once for the hot path.
-        self._put = ring.put
-        self._put_gather = ring._put_gather
-        self._get = ring._get_decoded
+        # put() and get() are the hot path: for small objects, pickling and
+        # the C call take about as long as one more layer of Python calls
+        # would, so the ring hands us its C handle to call C on directly;
+        # every retry and error still goes through the ring (_again,
+        # _get_slow).
+        self._h, self._bufs = ring._queue_port()
         self._spares: List[bytearray] = []  # at most one, see _get_large
         self._maxsize: int = ring.max_messages
         # None selects the inlined pickle.dumps(obj, 5) in put().
@@ -356,12 +360,18 @@ class Queue:
                 # Large buffers go straight from the object into the ring.
                 parts = _encode_parts(obj)
                 if parts is not None:
-                    self._put_gather(parts, block, timeout)
+                    self._ring._put_gather(parts, block, timeout)
                     return
                 data = _pickle_dumps(obj, PROTOCOL)
         else:
             data = self._dumps(obj)
-        self._put(data, block, timeout)
+            if type(data) is not bytes:
+                data = _from_buffer(data)  # TypeError if it is not bytes-like
+        d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        h = self._h
+        rc = _c_put(h, data, len(data), d, _NULL)
+        if rc:
+            self._ring._again(rc, _c_put, h, data, len(data), d, _NULL, op=_PUT, size=len(data))
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``: raises ``Full`` at once if there is no room."""
@@ -395,7 +405,20 @@ class Queue:
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed")
-        return self._get(block, timeout, self._decode, self._get_large)
+        d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        bufs = self._bufs
+        rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
+        h = self._h
+        n = _c_get(h, rbuf[0], rbuf[1], d, rbuf[2])
+        if n >= 0 and self._framed:
+            # The common case, straight-line: only plain pickles are this
+            # small (see _OOB_MIN), and pickle.loads copies whatever it
+            # builds out of its input, so it reads the pooled buffer in place.
+            try:
+                return _pickle_loads(rbuf[3][:n])
+            finally:
+                bufs.append(rbuf)
+        return self._ring._get_slow(h, d, rbuf, n, self._decode, self._get_large)
 
     def _decode_pooled(self, rbuf: Any, n: int) -> Any:
         # A small message in the ring's pooled buffer: only plain pickles
@@ -530,6 +553,7 @@ class Queue:
         if self._closed:
             return
         self._closed = True
+        self._h = None
         self._spares = []
         # The ring's close() waits for put()/get() calls in other threads to
         # leave the handle, then unmaps.

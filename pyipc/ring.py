@@ -184,7 +184,6 @@ class RingBuffer:
     ) -> None:
         self._h: Any = None
         self._bufs: List[_RecvBuf] = []
-        out = ffi.new("pyipc_ring **")
         if create:
             if name is None and path is None:
                 name = "pyipc-" + secrets.token_hex(8)
@@ -192,12 +191,22 @@ class RingBuffer:
             cap = DEFAULT_CAPACITY if capacity is None else _int_arg(capacity, "capacity", 1, MAX_CAPACITY)
             max_messages = _int_arg(max_messages, "max_messages", 0, MAX_CAPACITY // 8)
             mode = _int_arg(mode, "mode", 0, 0o7777)
+            out = ffi.new("pyipc_ring **")
             rc = lib.pyipc_ring_create(where, flags, cap, max_messages, mode, out)
+            self._adopt(rc, out, where, flags, shown)
         else:
             if name is None and path is None:
                 raise ValueError("'name' or 'path' is required to attach to an existing ring")
-            where, flags, shown = _where(name, path)
-            rc = lib.pyipc_ring_attach(where, flags, out)
+            self._attach(name, path, 0)
+
+    def _attach(self, name: Optional[str], path: Any, extra_flags: int) -> None:
+        where, flags, shown = _where(name, path)
+        out = ffi.new("pyipc_ring **")
+        rc = lib.pyipc_ring_attach(where, flags | extra_flags, out)
+        self._adopt(rc, out, where, flags, shown)
+
+    def _adopt(self, rc: int, out: Any, where: bytes, flags: int, shown: str) -> None:
+        """Take the C handle a create or attach made, or raise for ``rc``."""
         if rc < 0:
             if rc == _EBADMSG:
                 raise corrupted(where, flags, shown)
@@ -461,7 +470,9 @@ class RingBuffer:
     ) -> Any:
         """get's rarer paths: a slice ended, a signal, or a message larger
         than the pooled buffer (given to ``large(size, deadline)`` if set,
-        else taken into a bigger pooled buffer); then ``decode``."""
+        else taken into a bigger pooled buffer); then ``decode(buffer,
+        length)`` while the buffer is still ours.  ``rbuf`` came from the
+        pool and goes back to it."""
         try:
             while True:
                 if n >= 0:
@@ -479,26 +490,14 @@ class RingBuffer:
         assert large is not None
         return large(needed, d)
 
-    def _get_decoded(
-        self, block: bool, timeout: Optional[float], decode: Decode, large: Optional[Callable[[int, int], Any]]
-    ) -> Any:
-        """Take one message into a pooled buffer and return ``decode(buffer,
-        length)`` while the buffer is ours (Queue unpickles in place, with
-        no bytes object); a message larger than the buffer goes to
-        ``large(size, deadline)`` instead."""
-        h = self._h
-        if h is None:
-            raise _closed()
-        d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        bufs = self._bufs
-        rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
-        n = _c_get(h, rbuf[0], rbuf[1], d, rbuf[2])
-        if n >= 0:
-            try:
-                return decode(rbuf, n)
-            finally:
-                bufs.append(rbuf)
-        return self._get_slow(h, d, rbuf, n, decode, large)
+    def _queue_port(self) -> Tuple[Any, List[_RecvBuf]]:
+        """What a Queue's hot paths need, made for it: this ring's C handle
+        (to call ``pyipc_ring_put``/``_get`` on directly: a bound partial
+        costs a tenth of a put) and the pool of receive buffers.  The Queue
+        holds the handle, which keeps it alive; after close() the C calls
+        return -EBADF, which ``_again`` and ``_get_slow`` turn into
+        ValueError.  Every retry and error goes through those two."""
+        return self._handle(), self._bufs
 
     def get_nowait(self) -> bytes:
         """``get(block=False)``."""
@@ -724,6 +723,20 @@ class RingBuffer:
     def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         # Pickles by name (or path): the receiving process attaches anew.
         return (_attach, (self.name, self._path))
+
+
+def attach_for_repair(name: Optional[str] = None, path: Any = None) -> RingBuffer:
+    """Attach to a ring whose shared header may be damaged, taking its
+    geometry from the file's size, so that ``repair()`` can put the header
+    right (``pyipc repair``).  Refuses a segment of another layout version
+    or another kind, and anything without pyipc's magic."""
+    if (name is None) == (path is None):
+        raise ValueError("give either 'name' or 'path'")
+    ring = RingBuffer.__new__(RingBuffer)
+    ring._h = None
+    ring._bufs = []
+    ring._attach(name, path, lib.PYIPC_SEG_REPAIR)
+    return ring
 
 
 def _unpack_whole(rbuf: _RecvBuf, n: int) -> bytes:
