@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import stat
 import threading
 from typing import Any, Callable, Iterable, Optional, Tuple
@@ -30,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 from ..errors import MessageTooLarge, ShutDown
 from ..ring import RingBuffer
 from ..usock import SocketChannel, UnixListener, unix_connect
+from . import protocol as P
 from .errors import ServerGone
 
 __all__ = [
@@ -104,6 +106,14 @@ def resolve_address(address: str, create_dir: bool = False) -> str:
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise ValueError(f"socket path is longer than {_SUN_PATH_MAX} bytes: {path!r}")
     return path
+
+
+bye = P.encode_control(P.BYE, 0)
+
+
+def _ring_name() -> str:
+    """A fresh ring name that says whose it is (``pyipc ls``, leak checks)."""
+    return f"pyipc-rpc-{os.getpid()}-{secrets.token_hex(8)}"
 
 
 def _unlink_shm(name: str) -> None:
@@ -244,9 +254,9 @@ class LocalListener:
             if uid not in self.uids:
                 self._refuse(ch, "PermissionError", f"uid {uid} may not connect to this server")
                 return None
-            requests = RingBuffer(None, create=True, capacity=self.capacity, mode=0o600)
+            requests = RingBuffer(_ring_name(), create=True, capacity=self.capacity, mode=0o600)
             try:
-                replies = RingBuffer(None, create=True, capacity=self.capacity, mode=0o600)
+                replies = RingBuffer(_ring_name(), create=True, capacity=self.capacity, mode=0o600)
             except BaseException:
                 requests.unlink()
                 requests.close()
@@ -384,7 +394,7 @@ class LocalClientTransport:
         except ShutDown:
             raise ServerGone("the server closed the connection") from None
 
-    def send_control(self, data: bytes) -> None:
+    def send_control(self, data: bytes) -> None:  # noqa: D401
         """Send a control message (cancel, credit); silently dropped if the
         server is gone (there is nothing left to tell)."""
         try:
@@ -397,13 +407,15 @@ class LocalClientTransport:
         if self._closed:
             return
         self._closed = True
-        for ring in (self.requests, self.replies):
-            try:
-                # Wakes our own blocked threads, and the server's lane
-                # threads, which drop whatever is still queued.
-                ring.shutdown(True)
-            except ValueError:
-                pass
+        try:
+            # The server runs what is queued (a notify sent just before
+            # close() is delivered), then its lane threads leave; the
+            # goodbye tells it that the end of file is no crash.
+            self.requests.shutdown(False)
+            self.replies.shutdown(True)  # wakes our own blocked readers
+        except ValueError:
+            pass
+        self.send_control(bye)
         self.channel.close()
         if self._watcher is not threading.current_thread():
             self._watcher.join(1.0)

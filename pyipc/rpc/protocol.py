@@ -47,6 +47,7 @@ __all__ = [
     "END",
     "CANCEL",
     "CREDIT",
+    "BYE",
     "encode_request",
     "decode_request_header",
     "decode_body",
@@ -76,6 +77,7 @@ END = 5  # the stream is exhausted (no body)
 # Control kinds.
 CANCEL = 1  # drop the call if it has not started; cancel a coroutine; close a stream
 CREDIT = 2  # the client consumed `n` items of stream `id`: the server may make more
+BYE = 3  # the client is closing: run what it sent (notifications), then drop it
 
 # kind, flags (reserved), nbufs, id, deadline: 24 bytes.
 REQUEST_HEADER = struct.Struct("<BBxxIQq")

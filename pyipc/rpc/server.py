@@ -101,6 +101,7 @@ class _Lane:
         self.lock = threading.Lock()
         self.states: List[_ThreadState] = []
         self.dead = False
+        self.graceful = False  # the client said goodbye: drain, then leave
         self.cancelled: Set[int] = set()
         self.last_rid = 0
         self.streams: Dict[int, _Stream] = {}
@@ -167,9 +168,12 @@ class Server:
         self._control: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_lock = threading.Lock()
+        self._loop_thread: Optional[threading.Thread] = None
         self._monitor_asleep = True
         self._monitor_event = threading.Event()
         self._monitor: Optional[threading.Thread] = None
+        self._close_done = threading.Event()
+        self._looping = False
         self._closed = False
 
     # ---- registration ----------------------------------------------------
@@ -226,6 +230,9 @@ class Server:
             raise RuntimeError("the server is already serving")
         try:
             self._control_loop()
+            # close() may be running in another thread: return once it is
+            # done, so that a program that exits next leaves nothing behind.
+            self._close_done.wait(10.0)
         finally:
             self._serving.release()
 
@@ -266,27 +273,31 @@ class Server:
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
-        me = threading.current_thread()
-        with self._threads_lock:
-            threads = list(self._threads)
-        if self._control is not None:
-            threads.append(self._control)
-        for t in threads:
-            if t is not me:
-                t.join(2.0)
+        # No waiting for the threads that run calls: a call may take any
+        # time.  The rings' close() waits only for threads inside a ring
+        # call, which the shutdowns above have woken; a call still running
+        # finds its ring closed when it replies, and its thread leaves.
         for lane in list(self._lanes.values()):
             lane.conn.close()
         self._lanes.clear()
-        if self._control is None or self._control is me or not self._control.is_alive():
+        if not self._looping:
             self._close_pipe()
+        self._close_done.set()
+        for t in (self._control, self._loop_thread):
+            if t is not None and t is not threading.current_thread():
+                t.join(1.0)
 
     def _close_pipe(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
+        with self._threads_lock:
+            fds = (self._wake_r, self._wake_w)
+            self._wake_r = self._wake_w = -1
+        for fd in fds:
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> "Server":
         return self
@@ -302,6 +313,7 @@ class Server:
 
     def _control_loop(self) -> None:
         sel = selectors.DefaultSelector()
+        self._looping = True
         try:
             sel.register(self._listener.fileno(), selectors.EVENT_READ, None)
             sel.register(self._wake_r, selectors.EVENT_READ, self)
@@ -320,7 +332,8 @@ class Server:
                         self._readable(sel, key.data)
         finally:
             sel.close()
-            if self._closed and self._wake_r >= 0 and self._control is threading.current_thread():
+            self._looping = False
+            if self._closed:
                 self._close_pipe()
 
     def _readable(self, sel: selectors.BaseSelector, conn: LocalConnection) -> None:
@@ -345,7 +358,9 @@ class Server:
             if msg is None or lane is None:
                 continue
             kind, rid, n = msg
-            if kind == P.CANCEL:
+            if kind == P.BYE:
+                lane.graceful = True
+            elif kind == P.CANCEL:
                 self._cancel(lane, rid)
             elif kind == P.CREDIT:
                 stream = lane.streams.get(rid)
@@ -362,8 +377,20 @@ class Server:
             pass
         self._handshaking.discard(conn)
         lane = self._lanes.pop(conn, None)
-        if lane is not None:
-            self._kill_lane(lane)
+        if lane is None:
+            conn.close()
+            return
+        with lane.lock:
+            if lane.graceful and lane.states:
+                # Its lane threads run what is queued, then find the ring
+                # shut down (the client did it); the last one closes.
+                lane.conn.forget_names()
+                try:
+                    lane.conn.replies.shutdown(True)
+                except ValueError:
+                    pass
+                return
+        self._kill_lane(lane)
         conn.close()
 
     def _cancel(self, lane: _Lane, rid: int) -> None:
@@ -450,6 +477,9 @@ class Server:
             with lane.lock:
                 if state in states:
                     states.remove(state)
+                last = not states and lane.graceful and lane.conn not in self._lanes
+            if last:
+                lane.conn.close()
 
     def _monitor_main(self) -> None:
         seen: Dict[_Lane, tuple[int, ...]] = {}
@@ -570,7 +600,9 @@ class Server:
         with self._loop_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                self._spawn(self._loop_main, loop, name="pyipc-rpc-loop")
+                self._loop_thread = threading.Thread(
+                    target=self._loop_main, args=(loop,), name="pyipc-rpc-loop", daemon=True)
+                self._loop_thread.start()
                 self._loop = loop
             return self._loop
 
