@@ -348,6 +348,7 @@ class LocalClientTransport:
             raise
         self.max_message_size = min(self.requests.max_message_size, self.replies.max_message_size)
         self.recv_reply: Callable[..., int] = self.replies.get_into
+        self.recv_replies: Callable[..., Any] = self.replies.get_many
         self._watcher = threading.Thread(target=self._watch, name="pyipc-rpc-watch", daemon=True)
         self._watcher.start()
 
