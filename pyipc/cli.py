@@ -1,4 +1,4 @@
-"""The ``pyipc`` command: ``bench``, ``ls``, ``info`` and ``rm``.
+"""The ``pyipc`` command: ``bench``, ``ls``, ``info``, ``rm`` and ``rpc``.
 
 Exit codes: 0 success, 1 an operational error (a missing or corrupted ring,
 a permission, a failed write), 2 a usage error (bad option or name), 130
@@ -311,6 +311,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="remove the name even if it is not a valid ring")
     rm.add_argument("-v", "--verbose", action="store_true", help="say what was removed")
     rm.set_defaults(func=_cmd_rm)
+
+    from .rpc.command import add_subcommands as _rpc_subcommands
+
+    rpc = sub.add_parser("rpc", help="call pyipc.rpc servers, list them",
+                         description="Call a pyipc.rpc server's methods from the shell "
+                                     "(arguments are Python literals), or list named servers.")
+    _rpc_subcommands(rpc)
     return p
 
 
