@@ -26,7 +26,7 @@ import os
 import secrets
 import stat
 import threading
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from ..errors import MessageTooLarge, ShutDown
 from ..ring import RingBuffer
@@ -47,7 +47,7 @@ __all__ = [
 # little less.  Pages of /dev/shm are only allocated as they are touched.
 DEFAULT_CAPACITY = 4 << 20
 _SUN_PATH_MAX = 107
-_ABANDONED: list = []  # see LocalClientTransport.abandon
+_ABANDONED: List[Any] = []  # see LocalClientTransport.abandon
 _VERSION = 1
 _HANDSHAKE_MAX = 4096
 SHM_DIR = "/dev/shm"

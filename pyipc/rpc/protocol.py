@@ -190,7 +190,8 @@ def decode_request_header(view: memoryview, n: int) -> Tuple[int, int, int, int,
     ``ValueError`` if it is too short to be one."""
     if n < REQUEST_HEADER.size:
         raise ValueError(f"a request of {n} bytes is shorter than its header")
-    return REQUEST_HEADER.unpack_from(view)  # type: ignore[return-value]
+    kind, flags, nbufs, rid, deadline = REQUEST_HEADER.unpack_from(view)
+    return kind, flags, nbufs, rid, deadline
 
 
 # ---- replies -----------------------------------------------------------------
@@ -240,7 +241,8 @@ def decode_reply_header(view: memoryview, n: int) -> Tuple[int, int, int, int]:
     if it is too short to be one."""
     if n < REPLY_HEADER.size:
         raise ValueError(f"a reply of {n} bytes is shorter than its header")
-    return REPLY_HEADER.unpack_from(view)  # type: ignore[return-value]
+    kind, flags, nbufs, rid = REPLY_HEADER.unpack_from(view)
+    return kind, flags, nbufs, rid
 
 
 def decode_error(body: Any) -> BaseException:
