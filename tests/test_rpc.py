@@ -710,3 +710,18 @@ def test_register_forms(tmp_path: Any) -> None:
             assert c.proxy.calc.mul(6, 7) == 42
             with pytest.raises(rpc.NoSuchMethod):
                 c.call("calc._hidden")
+
+
+@pytest.mark.timeout(60)
+def test_acall_of_a_generator_iterates_async(servers: ServerProcs) -> None:
+    """acall of a generator function gives an iterator that `async for` reads."""
+    address, _ = servers.start()
+
+    async def main(c: rpc.Client) -> List[int]:
+        it = await c.acall("count", 5)
+        return [x async for x in it]
+
+    with rpc.connect(address) as c:
+        assert asyncio.run(main(c)) == list(range(5))
+        fut = c.submit("count", 3)
+        assert list(fut.result(10)) == [0, 1, 2]

@@ -47,6 +47,7 @@ _unpack_reply = P.REPLY_HEADER.unpack_from
 _RESULT, _ERROR, _STREAM, _ITEM, _END = P.RESULT, P.ERROR, P.STREAM, P.ITEM, P.END
 _CALL, _NOTIFY = P.CALL, P.NOTIFY
 _FIRST_BUFFER = 64 * 1024
+_END_OF_STREAM = object()
 _BATCH = 64  # replies taken per ring call when several calls are pending
 
 # Clients of this process, so that a forked child knows to reconnect.
@@ -296,14 +297,21 @@ class RemoteIterator:
     def __aiter__(self) -> "RemoteIterator":
         return self
 
-    async def __anext__(self) -> Any:
-        loop = asyncio.get_running_loop()
+    def _next_or_end(self) -> Any:
+        # StopIteration cannot travel through a future.
         try:
-            if self._state.items or self._done:
-                return self.__next__()
-            return await loop.run_in_executor(None, self.__next__)
+            return self.__next__()
         except StopIteration:
-            raise StopAsyncIteration from None
+            return _END_OF_STREAM
+
+    async def __anext__(self) -> Any:
+        if self._state.items or self._done:
+            item = self._next_or_end()
+        else:
+            item = await asyncio.get_running_loop().run_in_executor(None, self._next_or_end)
+        if item is _END_OF_STREAM:
+            raise StopAsyncIteration
+        return item
 
     def close(self) -> None:
         """Stop the stream early: the server closes the generator."""
