@@ -466,6 +466,33 @@ def measure_acall(payload: str, duration: float,
     return _summary("pyipc.rpc acall", payload, lat, elapsed, f"{TASKS} asyncio tasks")
 
 
+def measure_idle(seconds: float = 3.0,
+                 cpus: Optional[Tuple[Optional[int], Optional[int]]] = None) -> Dict[str, float]:
+    """CPU used by an idle ``pyipc.rpc`` server and an idle connected client
+    (with its pump thread started), as a percentage of one core."""
+    import pyipc.rpc
+
+    cpus = cpus or pick_cpus()
+    server = Running("pyipc.rpc", cpus)
+    try:
+        with pyipc.rpc.connect(server.path, timeout=10) as c:
+            c.call("f", 1)
+            c.submit("f", 1).result()
+            time.sleep(0.5)
+            s0, c0, t0 = _cpu(server.proc.pid), time.process_time(), time.monotonic()
+            time.sleep(seconds)
+            s1, c1, t1 = _cpu(server.proc.pid), time.process_time(), time.monotonic()
+    finally:
+        server.stop()
+    return {"server_pct": 100 * (s1 - s0) / (t1 - t0), "client_pct": 100 * (c1 - c0) / (t1 - t0)}
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_rpc_bench(duration: float = 1.0, names: Optional[List[str]] = None,
                   payloads: Optional[List[str]] = None,
                   progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
@@ -559,6 +586,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = run_rpc_bench(args.duration, names, payloads,
                          progress=lambda s: print(f"  {s}", file=sys.stderr))
     print(format_rpc_table(rows))
+    if names is None or "pyipc.rpc" in names:
+        idle = measure_idle()
+        print(f"idle pyipc.rpc server: {idle['server_pct']:.2f} % of a core, "
+              f"idle client: {idle['client_pct']:.2f} %")
     return 0
 
 

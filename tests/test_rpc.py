@@ -421,6 +421,7 @@ def _client_killed_mid_call(address: str) -> None:
     c = rpc.connect(address)
     c.submit("slow", 0.3)
     c.submit("count", 10**9)
+    c.submit("asleep", 60, "killed-coro")
     it = c.call("count", 10**9, "killed")
     next(it)
     c.call("record", "child ready")
@@ -443,6 +444,9 @@ def test_client_killed_mid_call(servers: ServerProcs, method: str) -> None:
         while c.call("event", "killed") != "closed" and time.monotonic() < deadline:
             time.sleep(0.02)
         assert c.call("event", "killed") == "closed"
+        while c.call("event", "killed-coro") != "cancelled" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.call("event", "killed-coro") == "cancelled"
         assert c.call("add", 2, 3) == 5
     assert _leftovers(proc.pid) == []
 
@@ -725,3 +729,39 @@ def test_acall_of_a_generator_iterates_async(servers: ServerProcs) -> None:
         assert asyncio.run(main(c)) == list(range(5))
         fut = c.submit("count", 3)
         assert list(fut.result(10)) == [0, 1, 2]
+
+
+@pytest.mark.timeout(30)
+def test_runtime_dir_must_be_private(tmp_path: Any, monkeypatch: Any) -> None:
+    """A per-user directory open to others is refused with PermissionError."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    os.mkdir(tmp_path / "pyipc", 0o755)
+    os.chmod(tmp_path / "pyipc", 0o755)
+    with pytest.raises(PermissionError):
+        rpc.Server("open-dir")
+    os.chmod(tmp_path / "pyipc", 0o700)
+    with rpc.Server("open-dir") as server:
+        assert server.address == str(tmp_path / "pyipc" / "open-dir")
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.timeout(60)
+def test_idle_server_and_client_sleep(servers: ServerProcs) -> None:
+    """An idle server and an idle connected client use (almost) no CPU: they sleep."""
+    address, proc = servers.start()
+    with rpc.connect(address) as c:
+        c.call("echo", 1)
+        c.submit("echo", 1).result()  # the pump thread exists too
+        time.sleep(0.5)
+        server0, client0 = _cpu_seconds(proc.pid), time.process_time()
+        time.sleep(2.0)
+        server_cpu = _cpu_seconds(proc.pid) - server0
+        client_cpu = time.process_time() - client0
+    # A thread spinning would use the whole 2 s; sleeping ones wake every
+    # 100 ms for a few microseconds.
+    assert server_cpu < 0.2 and client_cpu < 0.2, (server_cpu, client_cpu)

@@ -157,7 +157,7 @@ class LocalConnection:
         self._names: Optional[Tuple[str, str]] = (requests.name, replies.name)
         self.acknowledged = False
         # Bound for the lanes' loops.
-        self.recv_request: Callable[..., int] = requests.get_into
+        self.recv_request: Callable[..., bytes] = requests.get
         self.send_reply: Callable[..., None] = replies.put
         self.send_reply_async = replies.put_async
 
@@ -347,7 +347,7 @@ class LocalClientTransport:
             ch.close()
             raise
         self.max_message_size = min(self.requests.max_message_size, self.replies.max_message_size)
-        self.recv_reply: Callable[..., int] = self.replies.get_into
+        self.recv_reply: Callable[..., bytes] = self.replies.get
         self.recv_replies: Callable[..., Any] = self.replies.get_many
         self._watcher = threading.Thread(target=self._watch, name="pyipc-rpc-watch", daemon=True)
         self._watcher.start()

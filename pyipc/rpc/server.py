@@ -34,6 +34,7 @@ import os
 import selectors
 import threading
 import time
+import types
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, TypeVar, Union, overload
 
 from ..errors import Full, MessageTooLarge, ShutDown
@@ -48,10 +49,10 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _PLAIN, _CORO, _GEN, _AGEN = range(4)
 _TICK = 0.002  # the monitor's tick while calls run
 _IDLE_TICKS = 50  # ticks without a running call before the monitor sleeps
-_FIRST_BUFFER = 64 * 1024
 _CANCELLED_MAX = 4096
 
 _monotonic_ns = time.monotonic_ns
+_GeneratorType = types.GeneratorType
 _decode_header = P.decode_request_header
 _decode_body = P.decode_body
 _encode_reply = P.encode_reply
@@ -444,19 +445,16 @@ class Server:
 
     def _lane_main(self, lane: _Lane, state: _ThreadState) -> None:
         conn = lane.conn
-        buf = bytearray(_FIRST_BUFFER)
-        view = memoryview(buf)
+        # get() rather than get_into() a reused buffer: for small messages
+        # it is the faster of the two (~0.35 us against ~1 us here), and
+        # large ones are copied out of the buffer anyway.
         recv = conn.recv_request
         handle = self._handle
         states = lane.states
         try:
             while True:
                 try:
-                    n = recv(buf)
-                except MessageTooLarge:
-                    buf = bytearray(conn.max_message_size)
-                    view = memoryview(buf)
-                    continue
+                    data = recv()
                 except (ShutDown, ValueError):
                     return
                 state.waiting = False
@@ -464,7 +462,7 @@ class Server:
                 if self._monitor_asleep:
                     self._monitor_asleep = False
                     self._monitor_event.set()
-                handle(lane, view, n)
+                handle(lane, memoryview(data), len(data))
                 if len(states) > 1:
                     # A helper exists: only one thread should wait on the ring.
                     with lane.lock:
@@ -574,7 +572,7 @@ class Server:
                 if reply:
                     lane.send(_encode_error(rid, exc))
                 return
-        if inspect.isgenerator(result):
+        if type(result) is _GeneratorType:
             self._stream(lane, rid, reply, result, False, started=True)
             return
         if not reply:
