@@ -316,8 +316,13 @@ class Server:
         sel = selectors.DefaultSelector()
         self._looping = True
         try:
-            sel.register(self._listener.fileno(), selectors.EVENT_READ, None)
-            sel.register(self._wake_r, selectors.EVENT_READ, self)
+            try:
+                sel.register(self._listener.fileno(), selectors.EVENT_READ, None)
+                sel.register(self._wake_r, selectors.EVENT_READ, self)
+            except (ValueError, OSError):
+                if self._closed:
+                    return  # closed before this thread got going
+                raise
             while not self._closed:
                 for key, _ in sel.select():
                     if self._closed:
