@@ -14,8 +14,9 @@ Two ways to run it:
 
 * ``python benches/bench_rpc.py [--duration S] [--only a,b]``: a table of
   calls/s, p50 and p99 round trips, and the ratio to
-  ``multiprocessing.managers`` (the standalone mode behind
-  ``pyipc bench --rpc``: ``run_rpc_bench()`` and ``format_rpc_table()``);
+  ``multiprocessing.managers``, then the idle CPU of a server and a client
+  (``run_rpc_bench()``, ``format_rpc_table()`` and ``measure_idle()``, the
+  functions a ``pyipc bench --rpc`` can call);
 * ``pytest benches/bench_rpc.py --benchmark-only``: pytest-benchmark, one
   round being one call.
 
