@@ -567,7 +567,6 @@ if pytest is not None:
         """One sequential call of f(x) -> x."""
         name, call = contender
         benchmark.group = f"rpc-roundtrip-{payload}"
-        benchmark.name = name
         x = PAYLOADS[payload]
         assert call(x) == x
         benchmark(call, x)
