@@ -46,12 +46,15 @@ def test_create_attach_roundtrip(shm_name):
 
 
 def test_capacity_rounds_up_and_max_message_size(shm_name):
-    """Capacity is rounded up to a power of two and max_message_size always fits."""
+    """Capacity is rounded up to a power of two of at least a page, and max_message_size always fits."""
+    page = os.sysconf("SC_PAGESIZE")
     with RingBuffer(shm_name(), create=True, capacity=1000) as r:
-        assert r.capacity == 1024
-        assert r.max_message_size == 1024 - 8
+        assert r.capacity == page
+    with RingBuffer(shm_name(), create=True, capacity=page + 1) as r:
+        assert r.capacity == 2 * page
+        assert r.max_message_size == 2 * page - 8
         # Whatever the cursors' positions, a max-size message fits an empty ring.
-        for shift in range(0, 64, 8):
+        for shift in range(0, 2 * page, 136):
             r.put(b"x" * shift)
             r.get()
             r.put(b"y" * r.max_message_size, block=False)

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pyipc import Empty, Full, MessageTooLarge, RingBuffer
 
-CAPACITY = 256  # small, so random sizes wrap around the end all the time
+CAPACITY = 4096  # the smallest ring, so random sizes wrap around the end all the time
 
 
 def record(n: int) -> int:
@@ -48,7 +48,7 @@ class RingModel(RuleBasedStateMachine):
             assert fits
             self.model.append(data)
 
-    @rule(items=st.lists(st.binary(max_size=60), max_size=8))
+    @rule(items=st.lists(st.binary(max_size=900), max_size=8))
     def put_many(self, items: list[bytes]) -> None:
         n = self.ring.put_many(items, block=False)
         expect = 0
