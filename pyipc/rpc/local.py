@@ -147,6 +147,7 @@ class LocalConnection:
         uid: int,
         requests: RingBuffer,
         replies: RingBuffer,
+        names: Tuple[str, str],
     ) -> None:
         self.channel = channel
         self.pid = pid
@@ -154,7 +155,7 @@ class LocalConnection:
         self.requests = requests
         self.replies = replies
         self.max_message_size = min(requests.max_message_size, replies.max_message_size)
-        self._names: Optional[Tuple[str, str]] = (requests.name, replies.name)
+        self._names: Optional[Tuple[str, str]] = names
         self.acknowledged = False
         # Bound for the lanes' loops.
         self.recv_request: Callable[..., bytes] = requests.get
@@ -254,22 +255,23 @@ class LocalListener:
             if uid not in self.uids:
                 self._refuse(ch, "PermissionError", f"uid {uid} may not connect to this server")
                 return None
-            requests = RingBuffer(_ring_name(), create=True, capacity=self.capacity, mode=0o600)
+            names = (_ring_name(), _ring_name())
+            requests = RingBuffer(names[0], create=True, capacity=self.capacity, mode=0o600)
             try:
-                replies = RingBuffer(_ring_name(), create=True, capacity=self.capacity, mode=0o600)
+                replies = RingBuffer(names[1], create=True, capacity=self.capacity, mode=0o600)
             except BaseException:
                 requests.unlink()
                 requests.close()
                 raise
-            conn = LocalConnection(ch, pid, uid, requests, replies)
+            conn = LocalConnection(ch, pid, uid, requests, replies, names)
             try:
                 if uid != os.geteuid():
                     # The client must be able to open the segments by name.
                     # Only a privileged server can give them to another uid;
                     # passing them as descriptors would lift that limit.
-                    for name in (requests.name, replies.name):
+                    for name in names:
                         os.chown(os.path.join(SHM_DIR, name), uid, -1)
-                hello = {"v": _VERSION, "requests": requests.name, "replies": replies.name,
+                hello = {"v": _VERSION, "requests": names[0], "replies": names[1],
                          "pid": os.getpid()}
                 ch.send(b"H" + json.dumps(hello).encode(), timeout=1.0)
             except PermissionError:
