@@ -1,4 +1,4 @@
-"""The ``pyipc`` command: ``bench``, ``ls``, ``info``, ``rm`` and ``repair``.
+"""The ``pyipc`` command: ``bench``, ``ls``, ``info``, ``rm``, ``repair`` and ``rpc``.
 
 A ring is named as in the API: ``jobs`` or ``/jobs`` is the shared-memory
 segment ``/dev/shm/jobs``.  A ring in a file is given by its path, which
@@ -369,6 +369,13 @@ def _parser() -> argparse.ArgumentParser:
                                     "right.  Exit code 1 if NAME is not a pyipc ring.")
     rp.add_argument("name", metavar="NAME", help="the ring's name (leading / optional) or path")
     rp.set_defaults(func=_cmd_repair)
+
+    from .rpc.command import add_subcommands as _rpc_subcommands
+
+    rpc = sub.add_parser("rpc", help="call pyipc.rpc servers, list them",
+                         description="Call a pyipc.rpc server's methods from the shell "
+                                     "(arguments are Python literals), or list named servers.")
+    _rpc_subcommands(rpc)
     return p
 
 
