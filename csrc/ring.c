@@ -372,6 +372,8 @@ static int64_t append(struct pyipc_ring *r, const unsigned char *src, const uint
 			if (!counted) {
 				taken = atomic_load_explicit(&h->cons.count, memory_order_acquire);
 				counted = 1;
+				if (p->leases) /* a cache: count it again (see below) */
+					ring_publish_tail(r);
 			}
 			if (puts + i + p->leases - taken >= r->max_messages)
 				break;
@@ -389,8 +391,16 @@ static int64_t append(struct pyipc_ring *r, const unsigned char *src, const uint
 		ring_log(p, OP_PUT, 0, pos, puts + i, total);
 		/* Release: the record bytes come before the cursors. */
 		atomic_store_explicit(&p->own, pos, memory_order_release);
-		if (!p->leases) /* else the oldest open reservation holds tail */
+		/*
+		 * Else the oldest open reservation holds tail.  The count of open
+		 * reservations is only a cache of their table, so it is counted
+		 * again (and tail republished) whenever it says there are any: a
+		 * count written over never holds every later message back.
+		 */
+		if (!p->leases)
 			atomic_store_explicit(&p->cursor, pos, memory_order_release);
+		else
+			ring_publish_tail(r);
 		atomic_store_explicit(&p->count, puts + i, memory_order_relaxed);
 		atomic_store_explicit(&p->bytes, total, memory_order_relaxed);
 		ring_log_done(p);
@@ -478,8 +488,10 @@ static void commit_take(struct pyipc_ring *r, uint64_t pos, uint64_t n, uint64_t
 	ring_log(c, OP_TAKE, 0, pos, count, total);
 	/* Release: our reads of the records come before the space is reused. */
 	atomic_store_explicit(&c->own, pos, memory_order_release);
-	if (!c->leases) /* else the oldest open view holds free */
+	if (!c->leases) /* else the oldest open view holds free (as in append()) */
 		atomic_store_explicit(&c->cursor, pos, memory_order_release);
+	else
+		ring_publish_free(r);
 	atomic_store_explicit(&c->count, count, memory_order_relaxed);
 	atomic_store_explicit(&c->bytes, total, memory_order_relaxed);
 	ring_log_done(c);

@@ -170,6 +170,8 @@ int ring_sleep(struct pyipc_ring *r, int for_space, uint64_t need, int64_t deadl
 void ring_lease_gone(struct pyipc_ring *r);
 
 /* ring_lease.c */
+uint64_t ring_publish_tail(struct pyipc_ring *r);
+uint64_t ring_publish_free(struct pyipc_ring *r);
 int ring_reap_reserves(struct pyipc_ring *r);
 int ring_reap_views(struct pyipc_ring *r);
 int ring_dead_leases(struct pyipc_ring *r, struct lease *t);

@@ -60,7 +60,7 @@ int ring_dead_leases(struct pyipc_ring *r, struct lease *t)
 }
 
 /* Recompute tail from the open reservations; the producers' lock is held. */
-static uint64_t publish_tail(struct pyipc_ring *r)
+uint64_t ring_publish_tail(struct pyipc_ring *r)
 {
 	struct side *p = &r->hdr->prod;
 	uint64_t tail = atomic_load_explicit(&p->cursor, memory_order_relaxed);
@@ -74,7 +74,7 @@ static uint64_t publish_tail(struct pyipc_ring *r)
 }
 
 /* Recompute free from the open views; the consumers' lock is held. */
-static uint64_t publish_free(struct pyipc_ring *r)
+uint64_t ring_publish_free(struct pyipc_ring *r)
 {
 	struct side *c = &r->hdr->cons;
 	uint64_t free = atomic_load_explicit(&c->cursor, memory_order_relaxed);
@@ -107,7 +107,7 @@ int ring_reap_reserves(struct pyipc_ring *r)
 		n++;
 	}
 	if (n)
-		publish_tail(r);
+		ring_publish_tail(r);
 	return n;
 }
 
@@ -125,7 +125,7 @@ int ring_reap_views(struct pyipc_ring *r)
 		}
 	}
 	if (n)
-		publish_free(r);
+		ring_publish_free(r);
 	return n;
 }
 
@@ -140,8 +140,12 @@ static int place(struct pyipc_ring *r, uint64_t len, uint32_t *slot, uint64_t *p
 	struct side *p = &h->prod;
 	uint64_t claim = atomic_load_explicit(&p->own, memory_order_relaxed);
 	uint64_t size = rec_size(len), free = r->cached_free;
-	uint32_t leases = atomic_load_explicit(&p->leases, memory_order_relaxed);
+	uint32_t leases;
 	int i;
+
+	if (unlikely(atomic_load_explicit(&p->leases, memory_order_relaxed)))
+		ring_publish_tail(r); /* the count is a cache: see append() */
+	leases = atomic_load_explicit(&p->leases, memory_order_relaxed);
 
 	if (!cursors_ok(r, free, claim) || claim + size - free > r->cap) {
 		free = atomic_load_explicit(&h->cons.cursor, memory_order_acquire);
@@ -245,7 +249,7 @@ int pyipc_ring_commit(pyipc_ring *r, uint32_t slot, uint64_t pos, uint64_t len, 
 		write_record_hdr(r, pos, len);
 	atomic_store_explicit(&e->owner, 0, memory_order_release); /* commit point */
 	before = atomic_load_explicit(&p->cursor, memory_order_relaxed);
-	after = publish_tail(r);
+	after = ring_publish_tail(r);
 	atomic_store_explicit(&p->count, p->log.count, memory_order_relaxed);
 	atomic_store_explicit(&p->bytes, p->log.bytes, memory_order_relaxed);
 	ring_log_done(p);
@@ -314,7 +318,7 @@ static int take_view(struct pyipc_ring *r, uint32_t *slot, uint64_t *pos, uint64
 			atomic_store_explicit(&c->own, at + (uint64_t)size, memory_order_release);
 			atomic_store_explicit(&c->count, c->log.count, memory_order_relaxed);
 			atomic_store_explicit(&c->bytes, c->log.bytes, memory_order_relaxed);
-			publish_free(r); /* skip records before us may be freed */
+			ring_publish_free(r); /* skip records before us may be freed */
 			ring_log_done(c);
 			*moved = 1;
 			*slot = (uint32_t)i;
@@ -326,7 +330,7 @@ static int take_view(struct pyipc_ring *r, uint32_t *slot, uint64_t *pos, uint64
 		/* Only skip records: pass them. */
 		ring_log(c, OP_TAKE, 0, at, atomic_load(&c->count), atomic_load(&c->bytes));
 		atomic_store_explicit(&c->own, at, memory_order_release);
-		publish_free(r);
+		ring_publish_free(r);
 		ring_log_done(c);
 		*moved = 1;
 	}
@@ -403,7 +407,7 @@ int pyipc_ring_release(pyipc_ring *r, uint32_t slot, uint64_t pos)
 	}
 	atomic_store_explicit(&e->owner, 0, memory_order_release);
 	before = atomic_load_explicit(&c->cursor, memory_order_relaxed);
-	after = publish_free(r);
+	after = ring_publish_free(r);
 	lock_give(&c->lock);
 	if (after != before)
 		wake_other(c);
