@@ -578,6 +578,41 @@ int64_t pyipc_ring_get(pyipc_ring *r, void *buf, uint64_t cap, int64_t deadline,
 	return rc == 1 ? (int64_t)len : rc;
 }
 
+/*
+ * Pass the skip records at the consumers' end of the ring, so that the
+ * space of an aborted or dead reservation goes back to the producers even
+ * when no consumer comes by (one that does passes them anyway).  Called by
+ * whoever made the skip record, holding no lock: producers take the
+ * consumers' lock here, never both.  Returns 1 if space was freed.
+ */
+int ring_pass_skips(struct pyipc_ring *r, int64_t deadline)
+{
+	struct ring_hdr *h = r->hdr;
+	struct side *c = &h->cons;
+	uint64_t take, tail, pos, len;
+	int64_t size;
+	int rc;
+
+	rc = ring_lock(r, c, deadline);
+	if (rc)
+		return rc;
+	pos = take = atomic_load_explicit(&c->own, memory_order_relaxed);
+	tail = atomic_load_explicit(&h->prod.cursor, memory_order_acquire);
+	while (pos != tail && cursors_ok(r, take, tail)) {
+		size = parse_record(r, pos, tail - pos, &len);
+		if (size < 0 || len != SKIP_LEN)
+			break;
+		pos += (uint64_t)size;
+	}
+	if (pos != take)
+		commit_take(r, pos, 0, 0);
+	lock_give(&c->lock);
+	if (pos == take)
+		return 0;
+	wake_other(c);
+	return 1;
+}
+
 /* ---- waiting ---------------------------------------------------------- */
 
 enum want { WANT_DATA, WANT_ROOM, WANT_CONSUMED };
@@ -623,20 +658,20 @@ static int stop_waiting(struct pyipc_ring *r)
 }
 
 /*
- * A lease may be what we wait for (an open reservation holds `tail`, an
- * open view holds `free`).  If its holder died, end it now; either way,
- * poll for that every LEASE_CHECK_NS while leases are open, since a dead
- * holder wakes nobody.  Returns 1 if something was reaped, 0 if not, and
- * sets *poll; or a negative error from taking the lock.
+ * A lease may be what we wait for (an open reservation holds `tail` and
+ * its space, an open view holds `free`).  If its holder died, end it now;
+ * either way, poll for that every LEASE_CHECK_NS while leases are open,
+ * since a dead holder wakes nobody.  Looks at the views (views 1) or the
+ * reservations (0).  Returns 1 if something was reaped, 0 if not, and sets
+ * *poll; or a negative error from taking the lock.
  */
-static int reap_in_the_way(struct pyipc_ring *r, enum want w, int64_t deadline, int *poll)
+static int reap_in_the_way(struct pyipc_ring *r, int views, int64_t deadline, int *poll)
 {
 	struct ring_hdr *h = r->hdr;
-	struct side *s = w == WANT_DATA ? &h->prod : &h->cons;
-	struct lease *t = w == WANT_DATA ? h->reserves : h->views;
+	struct side *s = views ? &h->cons : &h->prod;
+	struct lease *t = views ? h->views : h->reserves;
 	int rc, n;
 
-	*poll = 0;
 	if (!atomic_load_explicit(&s->leases, memory_order_relaxed))
 		return 0;
 	*poll = 1;
@@ -645,10 +680,13 @@ static int reap_in_the_way(struct pyipc_ring *r, enum want w, int64_t deadline, 
 	rc = ring_lock(r, s, deadline);
 	if (rc)
 		return rc;
-	n = w == WANT_DATA ? ring_reap_reserves(r) : ring_reap_views(r);
+	n = views ? ring_reap_views(r) : ring_reap_reserves(r);
 	lock_give(&s->lock);
-	if (n > 0)
+	if (n > 0) {
 		wake_other(s);
+		if (!views)
+			ring_pass_skips(r, deadline); /* they are skip records now */
+	}
 	return n > 0;
 }
 
@@ -671,6 +709,7 @@ static int sleep_until_ready(struct pyipc_ring *r, enum want w, uint64_t need, i
 	int rc, poll = 0;
 	uint32_t v;
 
+
 	rc = slice_begin(deadline, &until);
 	if (rc)
 		return rc;
@@ -685,8 +724,12 @@ static int sleep_until_ready(struct pyipc_ring *r, enum want w, uint64_t need, i
 				break;
 		}
 	}
+	/* Consumers wait behind reservations; producers behind views, and
+	 * behind reservations for their space. */
 	if (w != WANT_CONSUMED) {
-		rc = reap_in_the_way(r, w, deadline, &poll);
+		rc = reap_in_the_way(r, 0, deadline, &poll);
+		if (!rc && w == WANT_ROOM)
+			rc = reap_in_the_way(r, 1, deadline, &poll);
 		if (rc)
 			return rc < 0 ? rc : 0;
 	}
@@ -774,7 +817,10 @@ int pyipc_ring_arm(pyipc_ring *r, int for_space, uint64_t need, uint32_t **word,
 	rc = 1;
 	if (ready(r, w, need) || stop_waiting(r))
 		goto out;
-	if (reap_in_the_way(r, w, NOWAIT, &poll) > 0)
+	poll = 0;
+	/* A deadline of now: the event loop's thread never waits for a lock. */
+	if (reap_in_the_way(r, 0, now_ns(), &poll) > 0 ||
+	    (for_space && reap_in_the_way(r, 1, now_ns(), &poll) > 0))
 		goto out;
 	*val = atomic_fetch_or(evt, 1u) | 1u;
 	atomic_thread_fence(memory_order_seq_cst);

@@ -252,6 +252,10 @@ int pyipc_ring_commit(pyipc_ring *r, uint32_t slot, uint64_t pos, uint64_t len, 
 	lock_give(&p->lock);
 	if (after != before)
 		wake_other(p);
+	/* An aborted reservation at the consumers' end is freed now, whether
+	 * or not a consumer comes by. */
+	if (!publish)
+		ring_pass_skips(r, now_ns() + SLICE_NS);
 	ring_lease_gone(r);
 	return 0;
 }
