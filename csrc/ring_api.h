@@ -169,7 +169,8 @@ int pyipc_ring_info(pyipc_ring *r, struct pyipc_ring_info *out);
 int64_t pyipc_ring_check(pyipc_ring *r);
 /* Make a ring that fails validation usable again: keep every record that
  * validates up to the first damaged one, drop the rest; returns how many
- * messages were dropped. */
+ * messages were dropped.  -EBUSY if a lock stays held for a second by a
+ * holder that lives (or whose liveness cannot be checked). */
 int64_t pyipc_ring_repair(pyipc_ring *r);
 /* memcpy, for Python: cffi releases the GIL around it, so a large copy into
  * a reservation does not stop the process's other threads. */

@@ -12,6 +12,7 @@ slice or maps a C code to an exception goes through ``_retry`` and
 from __future__ import annotations
 
 import asyncio
+import errno
 import operator
 import os
 import secrets
@@ -682,9 +683,18 @@ class RingBuffer:
         Keeps every record that validates, in order, up to the first damaged
         one and drops the rest; puts right a damaged shutdown word, lease
         tables and the shared copy of the geometry.  Afterwards every handle,
-        old and new, works again.  Never done implicitly.
+        old and new, works again.  Never done implicitly.  Raises
+        ``OSError(EBUSY)``, changing nothing, if a lock stays held for a
+        second by a holder that lives (or whose liveness cannot be checked).
         """
-        return self._retry(lib.pyipc_ring_repair, self._handle())
+        rc = lib.pyipc_ring_repair(self._handle())
+        if rc == -errno.EBUSY:
+            raise OSError(
+                errno.EBUSY,
+                f"ring {self._name!r}: a lock stays held by a live holder (or one whose liveness "
+                "cannot be checked); nothing was repaired",
+            )
+        return self._again(rc, lib.pyipc_ring_repair, self._handle())
 
     def flush(self) -> None:
         """Write the ring's memory back to its file (``msync``): for a ring

@@ -512,3 +512,27 @@ def test_put_many_large_items_one_by_one(shm_name):
         with pytest.raises(TypeError):
             r.put_many([b"x" * 300_000, "not bytes"])
         assert r.empty()  # nothing was queued before the TypeError
+
+
+@pytest.mark.timeout(30)
+def test_repair_refuses_a_lock_that_may_be_held(shm_name):
+    """repair() never takes a lock from a holder that may live: OSError(EBUSY), nothing changed."""
+    import errno
+    import mmap
+    import struct
+
+    from pyipc._core import lib
+
+    with RingBuffer(shm_name(), create=True) as ring:
+        ring.put(b"kept")
+        with open(f"/dev/shm/{ring.name}", "r+b") as f:
+            seg = mmap.mmap(f.fileno(), 4096)
+        try:
+            struct.pack_into("<I", seg, lib.PYIPC_OFF_PROD_LOCK, lib.PYIPC_OWNER_UNKNOWN)
+            with pytest.raises(OSError) as info:
+                ring.repair()
+            assert info.value.errno == errno.EBUSY
+            struct.pack_into("<I", seg, lib.PYIPC_OFF_PROD_LOCK, 0)
+        finally:
+            seg.close()
+        assert ring.get_nowait() == b"kept"

@@ -1,6 +1,7 @@
 """Rings in regular files: ``RingBuffer(path=...)`` on a disk, a tmpfs and hugetlbfs."""
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import pickle
@@ -139,6 +140,28 @@ def test_cli_takes_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "dropped 0 messages, 1 still queued" in capsys.readouterr().out
     assert cli_main(["rm", str(path)]) == 0
     assert not path.exists()
+
+
+@pytest.mark.timeout(30)
+def test_full_tmpfs_is_an_error_at_create(tmp_path: Path) -> None:
+    """A ring that does not fit its tmpfs (a container's small /dev/shm) fails at create with OSError, never later with SIGBUS."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(mnt)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        with pytest.raises(OSError) as info:
+            RingBuffer(path=mnt / "big", create=True, capacity=4 << 20)
+        assert info.value.errno == errno.ENOSPC
+        assert not (mnt / "big").exists()
+        with RingBuffer(path=mnt / "small", create=True, capacity=64 << 10) as ring:
+            ring.put(bytes(ring.max_message_size))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1613,6 +1614,66 @@ static void test_repair_words(void)
 	pyipc_ring_free(r);
 }
 
+/* a lock held under the "unknown" owner id (no evidence) is never taken over: calls time out, repair says busy. */
+static void test_owner_unknown_is_never_taken_over(void)
+{
+	pyipc_ring *r = make(4096, 0);
+	size_t size;
+	unsigned char *p = map_raw(names[atomic_load(&nnames) - 1], &size);
+	uint32_t unknown = PYIPC_OWNER_UNKNOWN, zero = 0;
+	struct pyipc_ring_info info;
+
+	memcpy(p + OFF_PROD, &unknown, 4);
+	hammer_held(r, 100);
+	CHECK_EQ(pyipc_ring_repair(r), -EBUSY);
+	CHECK_EQ(pyipc_ring_info(r, &info), 0);
+	CHECK_EQ(info.recoveries, 0);
+	memcpy(p + OFF_PROD, &zero, 4);
+	CHECK_EQ(pyipc_ring_put(r, "x", 1, NOWAIT, NULL), 0);
+	munmap(p, size);
+	pyipc_ring_free(r);
+}
+
+/* a child forked where /proc is not mounted, after the ring's name was removed, has no evidence: owner "unknown". */
+static void test_fork_without_proc_has_no_evidence(void)
+{
+	pyipc_ring *r = make(4096, 0);
+	struct pyipc_ring_info info;
+	int status;
+	pid_t pid;
+
+	CHECK_EQ(pyipc_seg_unlink(names[atomic_load(&nnames) - 1], 0), 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		pid_t kid;
+
+		/* A mount namespace of our own, without /proc. */
+		if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+		    umount2("/proc", MNT_DETACH))
+			_exit(SKIPPED);
+		kid = fork();
+		if (kid == 0) {
+			if (pyipc_ring_info(r, &info))
+				_exit(2);
+			_exit(info.owner == PYIPC_OWNER_UNKNOWN ? 0 : 3);
+		}
+		if (kid < 0 || waitpid(kid, &status, 0) != kid || !WIFEXITED(status))
+			_exit(4);
+		_exit(WEXITSTATUS(status));
+	}
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status));
+	if (WEXITSTATUS(status) == SKIPPED) {
+		printf("skip fork_without_proc_has_no_evidence: cannot unmount /proc in a mount namespace\n");
+		pyipc_ring_free(r);
+		cleanup();
+		exit(SKIPPED);
+	}
+	CHECK_EQ(WEXITSTATUS(status), 0);
+	pyipc_ring_free(r);
+}
+
 /* ---- event-loop waits ------------------------------------------------- */
 
 /* arm says "ready" when it is, else hands out a futex word that the other side's next call moves. */
@@ -1936,6 +1997,8 @@ static const struct test tests[] = {
 	T(lease_dead_viewer),
 	T(repair_scribbled_record),
 	T(repair_words),
+	T(owner_unknown_is_never_taken_over),
+	T(fork_without_proc_has_no_evidence),
 	T(arm),
 	T(scribbled_lock_words),
 	T(mpmc_small_ring),
