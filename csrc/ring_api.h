@@ -133,19 +133,25 @@ int64_t pyipc_ring_get(pyipc_ring *r, void *buf, uint64_t cap, int64_t deadline,
 int64_t pyipc_ring_get_many(pyipc_ring *r, void *buf, uint64_t cap, uint64_t *lens, uint64_t max,
 			    int64_t deadline, uint64_t *needed);
 
+/* A lease: where its message lies in the ring, and what names it. */
+struct pyipc_lease {
+	char *ptr;     /* the message's first byte */
+	uint64_t len;  /* its length */
+	uint64_t pos;  /* where its record starts */
+	uint32_t slot; /* its entry in the side's lease table */
+};
+
 /* Reserve a contiguous record for a message of len bytes, waiting for room
- * like put; *ptr is where to write it, (*slot, *pos) name the lease. */
-int pyipc_ring_reserve(pyipc_ring *r, uint64_t len, int64_t deadline, unsigned char **ptr,
-		       uint32_t *slot, uint64_t *pos);
-/* End a reservation of len bytes: publish its message (publish 1) or drop
- * it (0).  -ESTALE if the lease no longer exists. */
-int pyipc_ring_commit(pyipc_ring *r, uint32_t slot, uint64_t pos, uint64_t len, int publish);
-/* Take the oldest message in place, waiting like get: *ptr points at it
- * (read-only), (*slot, *pos) name the lease; returns its length. */
-int64_t pyipc_ring_view(pyipc_ring *r, int64_t deadline, const unsigned char **ptr,
-			uint32_t *slot, uint64_t *pos);
+ * like put; *out says where to write it. */
+int pyipc_ring_reserve(pyipc_ring *r, uint64_t len, int64_t deadline, struct pyipc_lease *out);
+/* End a reservation: publish its message (publish 1) or drop it (0).
+ * -ESTALE if the lease no longer exists (repair() dropped it). */
+int pyipc_ring_commit(pyipc_ring *r, const struct pyipc_lease *l, int publish);
+/* Take the oldest message in place, waiting like get; *out says where it
+ * is (read it, never write it); returns its length. */
+int64_t pyipc_ring_view(pyipc_ring *r, int64_t deadline, struct pyipc_lease *out);
 /* End a view: its space goes back to the producers. */
-int pyipc_ring_release(pyipc_ring *r, uint32_t slot, uint64_t pos);
+int pyipc_ring_release(pyipc_ring *r, const struct pyipc_lease *l);
 
 /* For waits owned by an event loop: 1 if a get (for_space 0), or a put of
  * a message of `need` bytes (for_space 1), would not block now, or the

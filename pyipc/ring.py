@@ -47,6 +47,13 @@ _c_put = lib.pyipc_ring_put
 _c_get = lib.pyipc_ring_get
 _c_get_many = lib.pyipc_ring_get_many
 _c_copy = lib.pyipc_copy
+_c_reserve = lib.pyipc_ring_reserve
+_c_view = lib.pyipc_ring_view
+_LEASE = ffi.typeof("struct pyipc_lease *")
+
+
+def _new_lease() -> Any:
+    return ffi.new(_LEASE)
 _from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 _NULL = ffi.NULL
@@ -413,24 +420,25 @@ class RingBuffer:
         self._handle()
         return Reservation(self, size, block, timeout)
 
-    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int]:
-        """Reserve ``size`` bytes: (C handle, char * to write at, slot, position)."""
+    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any]:
+        """Reserve ``size`` bytes: (C handle, ``struct pyipc_lease *``)."""
         h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        ptr = ffi.new("unsigned char **")
-        slot = ffi.new("uint32_t *")
-        pos = ffi.new("uint64_t *")
-        self._retry(lib.pyipc_ring_reserve, h, size, d, ptr, slot, pos, op=_PUT, size=size)
-        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0])
+        lease = _new_lease()
+        rc = _c_reserve(h, size, d, lease)
+        if rc:
+            self._again(rc, _c_reserve, h, size, d, lease, op=_PUT, size=size)
+        return h, lease
 
     def _put_gather(self, parts: Sequence[Any], block: bool, timeout: Optional[float]) -> None:
         """Put one message made of several bytes-like parts, copying each
         straight into a reservation (no joined copy).  For Queue."""
         bufs = [_bytes_like(p) for p in parts]
         total = sum(len(b) for b in bufs)
-        h, ptr, slot, pos = self._reserve_raw(total, block, timeout)
+        h, lease = self._reserve_raw(total, block, timeout)
         publish = 0
         try:
+            ptr = lease.ptr
             off = 0
             for b in bufs:
                 n = len(b)
@@ -438,7 +446,7 @@ class RingBuffer:
                 off += n
             publish = 1
         finally:
-            while lib.pyipc_ring_commit(h, slot, pos, total, publish) == _EINTR:
+            while lib.pyipc_ring_commit(h, lease, publish) == _EINTR:
                 pass
 
     # ---- consuming -------------------------------------------------------
@@ -587,15 +595,15 @@ class RingBuffer:
         self._handle()
         return View(self, 0, block, timeout)
 
-    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int, int]:
-        """Take the oldest message as a lease: (C handle, char *, slot, position, length)."""
+    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any]:
+        """Take the oldest message as a lease: (C handle, ``struct pyipc_lease *``)."""
         h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        ptr = ffi.new("unsigned char **")
-        slot = ffi.new("uint32_t *")
-        pos = ffi.new("uint64_t *")
-        n = self._retry(lib.pyipc_ring_view, h, d, ptr, slot, pos, op=_GET)
-        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0]), n
+        lease = _new_lease()
+        rc = _c_view(h, d, lease)
+        if rc < 0:
+            self._again(rc, _c_view, h, d, lease, op=_GET)
+        return h, lease
 
     # ---- asyncio ---------------------------------------------------------
 
