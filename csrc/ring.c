@@ -88,6 +88,7 @@ static int handle_new(struct pyipc_ring **out)
 	if (!r)
 		return -ENOMEM;
 	r->seg.fd = -1;
+	r->seg.share_fd = -1;
 	r->fork.in_child = ring_after_fork;
 	*out = r;
 	return 0;
@@ -138,6 +139,79 @@ err_free:
 	return rc;
 }
 
+int pyipc_ring_create_anon(uint64_t capacity, uint64_t max_messages, pyipc_ring **out)
+{
+	struct pyipc_ring *r;
+	int rc = handle_new(&r);
+
+	if (rc)
+		return rc;
+	rc = seg_create_anon(&r->seg, capacity, sizeof(struct ring_hdr));
+	if (rc)
+		goto err_free;
+	r->max_messages = max_messages;
+	r->seg.hdr->max_msg = r->seg.cap - REC_HDR;
+	r->seg.hdr->max_messages = max_messages;
+	rc = handle_map(r);
+	if (rc) {
+		seg_detach(&r->seg);
+		goto err_free;
+	}
+	seg_publish(&r->seg, PYIPC_KIND_RING);
+	*out = r;
+	return 0;
+
+err_free:
+	free(r);
+	return rc;
+}
+
+/* Validate the ring-specific geometry of a just-attached segment. */
+static int ring_geometry(struct pyipc_ring *r, int flags)
+{
+	r->max_messages = r->seg.hdr->max_messages;
+	if (flags & PYIPC_SEG_REPAIR) {
+		if (r->max_messages > r->seg.cap / REC_HDR)
+			r->max_messages = 0; /* damaged: repair() writes 0 back */
+		return 0;
+	}
+	if (r->seg.hdr->max_msg != r->seg.cap - REC_HDR || r->max_messages > r->seg.cap / REC_HDR)
+		return -EBADMSG;
+	return 0;
+}
+
+int pyipc_ring_attach_fd(int fd, pyipc_ring **out)
+{
+	struct pyipc_ring *r;
+	int rc = handle_new(&r);
+
+	if (rc)
+		return rc;
+	rc = seg_attach_fd(&r->seg, fd, PYIPC_KIND_RING, sizeof(struct ring_hdr));
+	if (rc)
+		goto err_free;
+	rc = ring_geometry(r, 0);
+	if (!rc)
+		rc = handle_map(r);
+	if (rc) {
+		seg_detach(&r->seg);
+		goto err_free;
+	}
+	*out = r;
+	return 0;
+
+err_free:
+	free(r);
+	return rc;
+}
+
+int pyipc_ring_share_fd(const pyipc_ring *r)
+{
+	if (atomic_load(&r->closing))
+		return -EBADF;
+	return r->seg.share_fd >= 0 ? r->seg.share_fd : -ENOTSUP;
+}
+
 int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out)
 {
 	struct pyipc_ring *r;
@@ -149,15 +223,9 @@ int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out)
 	if (rc)
 		goto err_free;
 	/* The rest of the geometry; read once, like the shared part. */
-	r->max_messages = r->seg.hdr->max_messages;
-	if (flags & PYIPC_SEG_REPAIR) {
-		if (r->max_messages > r->seg.cap / REC_HDR)
-			r->max_messages = 0; /* damaged: repair() writes 0 back */
-	} else if (r->seg.hdr->max_msg != r->seg.cap - REC_HDR ||
-		   r->max_messages > r->seg.cap / REC_HDR) {
-		rc = -EBADMSG;
+	rc = ring_geometry(r, flags);
+	if (rc)
 		goto err_detach;
-	}
 	rc = handle_map(r);
 	if (rc)
 		goto err_detach;

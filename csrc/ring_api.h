@@ -103,6 +103,15 @@ int pyipc_ring_create(const char *where, int flags, uint64_t capacity, uint64_t 
 		      uint32_t mode, pyipc_ring **out);
 /* Attach to an existing ring, validating everything in its header. */
 int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out);
+/* Create a ring with no name (a memfd, sealed against resizing): other
+ * processes attach through a descriptor passed to them (SCM_RIGHTS), so it
+ * is never in /dev/shm and needs no permission to open. */
+int pyipc_ring_create_anon(uint64_t capacity, uint64_t max_messages, pyipc_ring **out);
+/* Attach through such a descriptor (the caller keeps its fd). */
+int pyipc_ring_attach_fd(int fd, pyipc_ring **out);
+/* The descriptor of a ring with no name, to pass on (borrowed: valid until
+ * the handle is closed); -ENOTSUP for a named ring. */
+int pyipc_ring_share_fd(const pyipc_ring *r);
 /* Unmap; waits for calls in other threads to leave; idempotent.  Leases
  * still open keep the mapping until they are released. */
 int pyipc_ring_close(pyipc_ring *r);

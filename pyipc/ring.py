@@ -39,6 +39,7 @@ DEFAULT_CAPACITY = 1 << 20
 MAX_CAPACITY = 1 << 32
 _FIRST_BUFFER = 64 * 1024  # receive buffers start here and grow on demand
 _JOIN_MAX = 256 * 1024  # put_many joins batches up to this many bytes
+_ANON = -1  # the _flags of a ring with no name
 _RC_ENOSPC = -28
 _RC_ESTALE = -116
 
@@ -207,6 +208,40 @@ class RingBuffer:
                 raise ValueError("'name' or 'path' is required to attach to an existing ring")
             self._attach(name, path, 0)
 
+    @classmethod
+    def _anonymous(cls, capacity: Optional[int] = None, max_messages: int = 0) -> "RingBuffer":
+        """A ring with no name (a sealed memfd): never in ``/dev/shm``, and
+        other processes attach only through its descriptor, passed to them
+        over a UNIX socket (``_share_fd``, ``_from_fd``), which needs no
+        permission on any file.  For ``pyipc.rpc``."""
+        cap = DEFAULT_CAPACITY if capacity is None else _int_arg(capacity, "capacity", 1, MAX_CAPACITY)
+        max_messages = _int_arg(max_messages, "max_messages", 0, MAX_CAPACITY // 8)
+        ring = cls.__new__(cls)
+        ring._h = None
+        ring._bufs = []
+        out = ffi.new("pyipc_ring **")
+        ring._adopt(lib.pyipc_ring_create_anon(cap, max_messages, out), out, b"", _ANON, "<anonymous>")
+        return ring
+
+    @classmethod
+    def _from_fd(cls, fd: int) -> "RingBuffer":
+        """Attach to a ring with no name through a descriptor another
+        process passed us (the caller keeps ``fd``)."""
+        ring = cls.__new__(cls)
+        ring._h = None
+        ring._bufs = []
+        out = ffi.new("pyipc_ring **")
+        rc = lib.pyipc_ring_attach_fd(operator.index(fd), out)
+        if rc == _EBADMSG:
+            raise CorruptedError(f"descriptor {fd} is not a pyipc ring")
+        ring._adopt(rc, out, b"", _ANON, "<anonymous>")
+        return ring
+
+    def _share_fd(self) -> int:
+        """The descriptor of a ring with no name, to pass to another process
+        (borrowed: valid while this handle is open)."""
+        return self._retry(lib.pyipc_ring_share_fd, self._handle())
+
     def _attach(self, name: Optional[str], path: Any, extra_flags: int) -> None:
         where, flags, shown = _where(name, path)
         out = ffi.new("pyipc_ring **")
@@ -223,7 +258,7 @@ class RingBuffer:
         self._name = shown
         self._where = where
         self._flags = flags
-        self._path = shown if flags else None
+        self._path = shown if flags != _ANON and flags & lib.PYIPC_SEG_PATH else None
         self._capacity = int(lib.pyipc_ring_capacity(self._h))
         self._max_message_size = int(lib.pyipc_ring_max_message_size(self._h))
         self._max_messages = int(lib.pyipc_ring_max_messages(self._h))
@@ -232,8 +267,9 @@ class RingBuffer:
 
     @property
     def name(self) -> Optional[str]:
-        """The segment's name, without the leading ``/`` (``None`` for a ring in a file)."""
-        return None if self._path is not None else self._name
+        """The segment's name, without the leading ``/`` (``None`` for a ring
+        in a file, or one with no name)."""
+        return None if self._path is not None or self._flags == _ANON else self._name
 
     @property
     def path(self) -> Optional[str]:
@@ -728,6 +764,8 @@ class RingBuffer:
 
         Raises ``FileNotFoundError`` if the name is already gone.
         """
+        if self._flags == _ANON:
+            raise ValueError("a ring with no name has nothing to unlink")
         rc = lib.pyipc_seg_unlink(self._where, self._flags)
         if rc < 0:
             raise error_from(rc, self._name)
@@ -740,6 +778,8 @@ class RingBuffer:
 
     def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         # Pickles by name (or path): the receiving process attaches anew.
+        if self._flags == _ANON:
+            raise TypeError("a ring with no name cannot be pickled: pass its descriptor instead")
         return (_attach, (self.name, self._path))
 
 
