@@ -66,6 +66,37 @@ void ring_lease_gone(struct pyipc_ring *r)
 		unmap_once(r);
 }
 
+/* Does a lock word or a lease of the ring name owner id `id`? */
+static int id_named(struct ring_hdr *h, uint32_t id)
+{
+	if ((atomic_load(&h->prod.lock) & ~LOCK_WAITERS) == id ||
+	    (atomic_load(&h->cons.lock) & ~LOCK_WAITERS) == id)
+		return 1;
+	for (int i = 0; i < PYIPC_MAX_LEASES; i++)
+		if (atomic_load(&h->reserves[i].owner) == id || atomic_load(&h->views[i].owner) == id)
+			return 1;
+	return 0;
+}
+
+/*
+ * A handle must not hold an id that a dead holder's lock or lease still
+ * names: that holder would look alive for as long as the handle lives, and
+ * its lock would never be taken over.  Ids come from a counter in the
+ * segment, which may have wrapped or been scribbled, so check, and claim
+ * another while the id is named (at most two locks and the leases can be).
+ * Async-signal-safe, for the forked child.
+ */
+static int claim_unnamed_id(struct pyipc_ring *r)
+{
+	for (int i = 0; i < 2 * PYIPC_MAX_LEASES + 3 && id_named(r->hdr, r->seg.owner); i++) {
+		int rc = seg_claim_again(&r->seg);
+
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /*
  * In a forked child: the threads that were inside calls on this handle did
  * not come along, and neither may the parent's file description (its lock
@@ -77,8 +108,11 @@ static void ring_after_fork(struct fork_hook *hook)
 
 	atomic_store(&r->users, 0);
 	atomic_store(&r->leases, 0);
-	if (!atomic_load(&r->unmapped))
+	if (!atomic_load(&r->unmapped)) {
 		seg_after_fork(&r->seg);
+		if (claim_unnamed_id(r))
+			r->seg.owner = OWNER_UNKNOWN;
+	}
 }
 
 static int handle_new(struct pyipc_ring **out)
@@ -94,10 +128,12 @@ static int handle_new(struct pyipc_ring **out)
 	return 0;
 }
 
-/* Copy the geometry into the handle and register for fork. */
+/* Copy the geometry into the handle, make sure of its owner id, and
+ * register for fork. */
 static int handle_map(struct pyipc_ring *r)
 {
 	struct ring_hdr *h = (struct ring_hdr *)r->seg.hdr;
+	int rc;
 
 	r->hdr = h;
 	r->data = r->seg.data;
@@ -107,7 +143,8 @@ static int handle_map(struct pyipc_ring *r)
 	r->cached_free = atomic_load(&h->cons.cursor);
 	r->cached_tail = atomic_load(&h->prod.cursor);
 	r->prod_epoch = r->cons_epoch = atomic_load(&h->seg.epoch);
-	return forksafe_add(&r->fork);
+	rc = claim_unnamed_id(r);
+	return rc ? rc : forksafe_add(&r->fork);
 }
 
 int pyipc_ring_create(const char *where, int flags, uint64_t capacity, uint64_t max_messages,

@@ -433,6 +433,23 @@ static int lock_description(struct seg *s, int keep_fd)
 	return owner_claim(fd, &s->hdr->owner_seq, &s->owner);
 }
 
+int seg_claim_again(struct seg *s)
+{
+	uint32_t old = s->owner;
+	int rc;
+
+	if (s->fd < 0 || old == OWNER_UNKNOWN)
+		return 0;
+	/* The new one first: our old byte stays ours until we have another. */
+	rc = owner_claim(s->fd, &s->hdr->owner_seq, &s->owner);
+	if (rc) {
+		s->owner = old;
+		return rc;
+	}
+	owner_release(s->fd, old);
+	return 0;
+}
+
 void seg_after_fork(struct seg *s)
 {
 	if (s->fd < 0 || !s->map) {

@@ -55,6 +55,9 @@ int seg_attach(struct seg *s, const char *where, int flags, uint32_t kind, uint6
 int seg_attach_fd(struct seg *s, int fd, uint32_t kind, uint64_t hdr_min);
 /* Unmap and close; idempotent. */
 void seg_detach(struct seg *s);
+/* Claim another owner id and give up the one this handle has
+ * (async-signal-safe); 0 or -errno. */
+int seg_claim_again(struct seg *s);
 /* In a forked child (async-signal-safe): get a file description of our own
  * and a new owner id, so the parent's death shows and ours does too. */
 void seg_after_fork(struct seg *s);

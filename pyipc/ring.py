@@ -716,9 +716,20 @@ class RingBuffer:
     def check(self) -> int:
         """Walk and validate every queued record; return how many there are.
 
-        Read-only.  Raises ``CorruptedError`` if anything fails validation.
+        Read-only.  Raises ``CorruptedError`` if anything fails validation,
+        ``TimeoutError`` if the consumers' lock stays held (by a live process
+        in a long copy, or because its word was written over).
         """
-        return self._retry(lib.pyipc_ring_check, self._handle())
+        h = self._handle()
+        rc = lib.pyipc_ring_check(h)
+        while rc == _EINTR:
+            rc = lib.pyipc_ring_check(h)
+        if rc == _ETIMEDOUT:
+            raise TimeoutError(
+                f"ring {self._name!r}: the consumers' lock stayed held (by a live process, or its "
+                "word was written over), so check() could not walk the records"
+            )
+        return self._again(rc, lib.pyipc_ring_check, h)
 
     def repair(self) -> int:
         """Make a ring that fails validation usable again; return how many
