@@ -585,3 +585,18 @@ def test_async_wait_for_cancels_cleanly(q: Queue) -> None:
         assert await asyncio.wait_for(q.get_async(), 5) == 5
 
     asyncio.run(main())
+
+
+def test_closed_queue_full_raises(shm_name: NameFactory) -> None:
+    """full() on a closed Queue raises ValueError like every other method, bounded or not."""
+    for maxsize in (0, 3):
+        q = Queue(maxsize, name=shm_name())
+        q.close()
+        with pytest.raises(ValueError):
+            q.full()
+
+
+def test_huge_maxsize_is_a_value_error(shm_name: NameFactory) -> None:
+    """A maxsize no ring can hold is a ValueError, not an OverflowError."""
+    with pytest.raises(ValueError):
+        Queue(2**64, name=shm_name())
