@@ -1221,3 +1221,47 @@ int64_t pyipc_ring_check(pyipc_ring *r)
 	leave(r);
 	return rc;
 }
+
+/* ---- waits owned by an event loop -------------------------------------- */
+
+/*
+ * Readiness is checked as in sleep_on(), without its spin: an event loop
+ * must not spin.  The waiter bit is set before the second check, with a
+ * seq_cst fence between them that pairs with wake_other(): either that check
+ * sees what the other side published, or the other side sees the bit and
+ * makes its wake call, which moves the count away from *val.  Counts as a
+ * sleep in the side's waits counter, as sleep_on() does.
+ */
+int pyipc_ring_arm(pyipc_ring *r, int for_space, uint64_t need, uint32_t **word, uint32_t *val)
+{
+	struct want w = { .ready = for_space ? has_room : has_data, .need = rec_size(need) };
+	_Atomic uint32_t *evt;
+	_Atomic uint64_t *waits;
+	struct shm_hdr *h;
+	uint32_t v;
+	int rc = enter(r);
+
+	if (rc)
+		return rc;
+	h = r->hdr;
+	if (for_space && need > r->max_msg) {
+		rc = -EMSGSIZE; /* no room ever comes */
+		goto out;
+	}
+	rc = 1;
+	if (w.ready(r, &w) || atomic_load(&h->shutdown))
+		goto out;
+	evt = for_space ? &h->cons.wake_evt : &h->prod.wake_evt;
+	waits = for_space ? &h->prod.waits : &h->cons.waits;
+	v = announce_sleeper(evt);
+	atomic_thread_fence(memory_order_seq_cst);
+	if (w.ready(r, &w) || atomic_load(&h->shutdown))
+		goto out;
+	atomic_fetch_add_explicit(waits, 1, memory_order_relaxed);
+	*word = (uint32_t *)evt;
+	*val = v;
+	rc = 0;
+out:
+	leave(r);
+	return rc;
+}

@@ -85,4 +85,18 @@ int pyipc_ring_info(pyipc_ring *r, struct pyipc_ring_info *out);
  * or -ETIMEDOUT if the consumer lock stays held for 100 ms. */
 int64_t pyipc_ring_check(pyipc_ring *r);
 
+/* For waits owned by an event loop: 1 if a get (for_space 0), or a put of
+ * a message of `need` bytes (for_space 1), would not block now, or the
+ * ring is shut down.  Otherwise announce a sleeper on the event count the
+ * other side bumps and return 0 with *word and *val set: sleep while
+ * *word == *val (FUTEX_WAIT or futex_waitv, shared, not private).  Whoever
+ * makes the ring ready (a put, a get, shutdown) moves the word and
+ * wakes its sleepers; a scribbled segment may not, so a caller polls
+ * readiness now and then (pyipc_ring_wait with deadline 0) as the slices of
+ * the synchronous waits do.  *word points into the mapping: stop every use
+ * of it before pyipc_ring_close().  Counts as a sleep in stats.
+ * -EMSGSIZE if for_space and `need` exceeds max_message_size (no room ever
+ * comes).  -EBADF on a closed handle. */
+int pyipc_ring_arm(pyipc_ring *r, int for_space, uint64_t need, uint32_t **word, uint32_t *val);
+
 #endif
