@@ -20,8 +20,9 @@ import struct
 from multiprocessing.util import Finalize
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
+from . import _reactor
 from ._core import ffi, lib
-from ._util import FOREVER, deadline
+from ._util import FOREVER, NOWAIT as _NOWAIT, deadline
 from .errors import Empty, Full, MessageTooLarge, ShutDown, error_from
 from .errors import (
     RC_EINTR as _EINTR,
@@ -528,29 +529,84 @@ class Queue:
         return [loads(m) for m in self._ring.get_many(max_messages, block, timeout)]
 
     # -- asyncio ------------------------------------------------------------
+    #
+    # As on RingBuffer: try without waiting on the loop's thread, and while
+    # that raises Empty/Full, wait for the ring's futex word through the
+    # loop's waitset (pyipc/_reactor.py).  Objects are pickled before any
+    # wait and unpickled after the take, both on the loop's thread.
 
     async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
-        """Put ``obj`` without blocking the event loop (``RingBuffer.put_async``).
+        """Put ``obj`` without blocking the event loop.
 
         The object is pickled at once, in the caller; the coroutine then
-        waits for room the way ``RingBuffer.put_async`` does.  Cancelling it
-        before it returns leaves nothing queued.  Raises ``Full`` when
-        ``timeout`` expires, plus everything ``put`` raises.
+        waits for room.  Cancelling it before it returns leaves nothing
+        queued.  Raises ``Full`` when ``timeout`` expires, plus everything
+        ``put`` raises (``ValueError`` if the queue is or gets closed).
         """
-        if self._closed:
+        h = self._h
+        if h is None:
             raise ValueError(f"{self!r} is closed")
-        await self._ring.put_async((self._dumps or _encode)(obj), timeout=timeout)
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        data = (self._dumps or _encode)(obj)
+        if type(data) is not bytes:
+            data = _from_buffer(data)
+        size = len(data)
+        rc = _lib_put(h, data, size, _NOWAIT, _NULL)
+        if rc == 0:
+            return
+        if rc != _EAGAIN and rc != _EINTR:
+            self._put_again(h, data, _NOWAIT, rc)  # raises
+
+        def attempt() -> None:
+            h = self._h
+            if h is None:
+                raise ValueError(f"{self!r} is closed")
+            rc = _lib_put(h, data, size, _NOWAIT, _NULL)
+            if rc:
+                self._put_again(h, data, _NOWAIT, rc)
+
+        await _reactor.retry(self._ring, True, size, d, attempt)
 
     async def get_async(self, timeout: Optional[float] = None) -> Any:
-        """Get an object without blocking the event loop (``RingBuffer.get_async``).
+        """Get an object without blocking the event loop.
 
         Cancelling the coroutine takes nothing off the queue.  Raises
-        ``Empty`` when ``timeout`` expires, plus everything ``get`` raises.
+        ``Empty`` when ``timeout`` expires, plus everything ``get`` raises
+        (``ValueError`` if the queue is or gets closed).
         """
-        if self._closed:
+        if self._h is None:
             raise ValueError(f"{self!r} is closed")
-        data = await self._ring.get_async(timeout=timeout)
-        return _decode(data) if self._framed else self._loads(data)
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        try:
+            return self.get(False)
+        except Empty:
+            pass
+        return await _reactor.retry(self._ring, False, 0, d, self.get_nowait)
+
+    async def get_many_async(self, max_messages: int, timeout: Optional[float] = None) -> list[Any]:
+        """Wait for one object without blocking the loop, then return up to
+        ``max_messages`` without waiting for more (``get_many``).
+
+        Cancelling it takes nothing.  Raises ``Empty`` when ``timeout``
+        expires, plus everything ``get_many`` raises.
+        """
+        if self._h is None:
+            raise ValueError(f"{self!r} is closed")
+        if max_messages < 1:
+            raise ValueError("'max_messages' must be >= 1")
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        return await _reactor.retry(self._ring, False, 0, d, lambda: self.get_many(max_messages, False))
+
+    async def put_many_async(self, objs: Iterable[Any], timeout: Optional[float] = None) -> int:
+        """Put several objects in order without blocking the loop, as
+        ``RingBuffer.put_many_async``: every object is pickled first; returns
+        how many were put (all, unless ``timeout`` expired first); if
+        cancelled, those put before stay queued (a prefix, each once).
+        """
+        if self._h is None:
+            raise ValueError(f"{self!r} is closed")
+        dumps = self._dumps or _encode
+        return await self._ring.put_many_async([dumps(obj) for obj in objs], timeout)
 
     # -- state --------------------------------------------------------------
 
