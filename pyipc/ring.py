@@ -423,8 +423,12 @@ class RingBuffer:
         Cancelling it before it returns leaves nothing queued.  Raises
         ``Full`` when the timeout expires, and what ``put`` raises.
         """
+        d = FOREVER if timeout is None else deadline(True, timeout)
         buf = data if type(data) is bytes else _from_buffer(data)
         size = len(buf)
+        h = self._h
+        if h is not None and _c_put(h, buf, size, _NOWAIT, _NULL) == 0:
+            return  # room at once: the common case, without the retry loop
 
         def attempt() -> None:
             h = self._h
@@ -436,7 +440,7 @@ class RingBuffer:
             if rc:
                 raise self._put_error(rc, size)
 
-        await _reactor.retry(self, True, size, deadline(True, timeout), attempt)
+        await _reactor.retry(self, True, size, d, attempt)
 
     async def get_many_async(self, max_messages: int, timeout: Optional[float] = None) -> List[bytes]:
         """Coroutine form of ``get_many``: wait for at least one message, then
