@@ -25,11 +25,12 @@
  *
  * Each helper's wait vector holds a private control word first: adding a
  * word bumps it and wakes the helper, which rebuilds its vector at once.
- * A removed word is not taken out of a sleeping helper's vector: the kernel
- * only compares and queues on that address, and the helper reads words in
- * user space only under the lock that pyipc_waitset_remove() takes, so
- * nothing here touches memory that has been unmapped.  At worst a removed
- * word's wake costs that helper one rescan.
+ * A removed word is not taken out of a sleeping helper's vector (no system
+ * call to remove one, unless it was the helper's last): the kernel only
+ * compares and queues on that address, and the helper reads words in user
+ * space only under the lock that pyipc_waitset_remove() takes, so nothing
+ * here touches memory that has been unmapped.  At worst a removed word's
+ * wake costs that helper one rescan.
  *
  * The fallback, for kernels without futex_waitv (before 5.16) or seccomp
  * filters that refuse it, is one helper thread per watched word, each in
@@ -92,6 +93,7 @@ struct helper {
 	int running;          /* a thread serves this helper */
 	int busy;             /* fallback: its thread sleeps on a word, deaf to ctl */
 	unsigned used;        /* slots not free */
+	unsigned waiting;     /* slots in SLOT_WAITING */
 	struct slot slots[];
 };
 
@@ -251,10 +253,11 @@ int pyipc_waitset_mode(const pyipc_waitset *ws)
 
 /* ---- the helper thread ------------------------------------------------- */
 
-/* Fire slot s (its word moved): queue its token.  Under the lock. */
-static void fire(struct pyipc_waitset *ws, struct slot *s)
+/* Fire slot s of h (its word moved): queue its token.  Under the lock. */
+static void fire(struct pyipc_waitset *ws, struct helper *h, struct slot *s)
 {
 	s->state = SLOT_FIRED;
+	h->waiting--;
 	ws->waiting--;
 	/* pyipc_waitset_add() keeps room for every slot still waiting. */
 	ws->ready[ws->nready++] = s->token;
@@ -279,7 +282,7 @@ static unsigned scan(struct pyipc_waitset *ws, struct helper *h, struct waitv *v
 		if (s->state != SLOT_WAITING)
 			continue;
 		if (atomic_load(s->word) != s->val) {
-			fire(ws, s);
+			fire(ws, h, s);
 			*fired = was_empty; /* the loop drains it all: signal once */
 			continue;
 		}
@@ -353,7 +356,7 @@ static int serve_one(struct pyipc_waitset *ws, struct helper *h, int64_t *idle_s
 		if (atomic_load(word) != val) {
 			int was_empty = ws->nready == 0;
 
-			fire(ws, s);
+			fire(ws, h, s);
 			pthread_mutex_unlock(&ws->mu);
 			if (was_empty)
 				signal_loop(ws->efd);
@@ -517,6 +520,7 @@ int pyipc_waitset_add(pyipc_waitset *ws, uint32_t *word, uint32_t val, uint64_t 
 	s->token = token;
 	s->state = SLOT_WAITING;
 	h->used++;
+	h->waiting++;
 	ws->used++;
 	ws->waiting++;
 	*slot = hi * ws->per + si;
@@ -534,7 +538,7 @@ out:
 int pyipc_waitset_remove(pyipc_waitset *ws, uint32_t slot, uint64_t token)
 {
 	_Atomic uint32_t *kick = NULL;
-	struct helper *h;
+	struct helper *h, *idle = NULL;
 	struct slot *s;
 	int rc;
 
@@ -553,11 +557,19 @@ int pyipc_waitset_remove(pyipc_waitset *ws, uint32_t slot, uint64_t token)
 	}
 	rc = s->state == SLOT_FIRED;
 	if (s->state == SLOT_WAITING) {
+		h->waiting--;
 		ws->waiting--;
 		/* The fallback's helper sleeps in FUTEX_WAIT on this very word
 		 * and hears nothing else: wake it (see the file comment). */
-		if (ws->mode == PYIPC_WAITSET_MODE_THREADS)
+		if (ws->mode == PYIPC_WAITSET_MODE_THREADS) {
 			kick = s->word;
+		} else if (h->waiting == 0) {
+			/* Its last word: without a wake it would sleep on the
+			 * removed ones until they move, which may be never, and
+			 * never start counting its idle time to leave. */
+			atomic_fetch_add(&h->ctl, 1);
+			idle = h;
+		}
 	}
 	s->state = SLOT_FREE;
 	h->used--;
@@ -567,6 +579,8 @@ out:
 	/* The caller has not unmapped the word yet: that is the contract. */
 	if (kick)
 		futex_wake_all(kick);
+	if (idle)
+		wake_private(&idle->ctl); /* helpers are freed only with the waitset */
 	return rc;
 }
 

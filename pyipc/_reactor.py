@@ -82,6 +82,10 @@ NOW = 1  # no sleep was needed (or the handle is closed: try, and it raises)
 WOKEN = 2  # the word moved (or an audit or close woke the wait): try again
 TIMEOUT = 0  # the deadline passed
 
+# pyipc_ring_arm's "armed, but arm again within LEASE_CHECK_NS" (ring.c).
+_ARMED_LEASE = 2
+_LEASE_CHECK_NS = 10_000_000
+
 # Mirrors of csrc/waitset_api.h (#defines do not reach the cdef).
 _WAITSET_THREADS = 1
 _MODE_WAITV = 1
@@ -379,11 +383,16 @@ async def wait_ring(ring: Any, for_space: bool, need: int, deadline: int) -> int
             return NOW
         word, val = r._word, r._val
         rc = _ring_arm(h, for_space, need, word, val)
-        if rc != 0:
+        if rc == _ARMED_LEASE:
+            # A lease is in the way whose holder may die, and a dead holder
+            # wakes nobody: look again within the C core's lease check.
+            soon = _monotonic_ns() + _LEASE_CHECK_NS
+            if deadline == FOREVER or deadline > soon:
+                deadline = soon
+        elif rc != 0:
             if rc == 1 or rc == _EBADF or rc == _EMSGSIZE:
                 return NOW  # ready, closed, or never: the attempt says which
             raise error_from(rc, ring.name)
-
         w = r._add(word[0], val[0], deadline, partial(_ring_wait, h, for_space, need, 0))
         g.waits.add((r, w))
     finally:

@@ -1,4 +1,9 @@
-"""The ``pyipc`` command: ``bench``, ``ls``, ``info`` and ``rm``.
+"""The ``pyipc`` command: ``bench``, ``ls``, ``info``, ``rm``, ``repair`` and ``rpc``.
+
+A ring is named as in the API: ``jobs`` or ``/jobs`` is the shared-memory
+segment ``/dev/shm/jobs``.  A ring in a file is given by its path, which
+must start with ``./``, ``../`` or be absolute with a directory
+(``./ring``, ``/mnt/vol/ring``), the way a shell tells a path from a name.
 
 Exit codes: 0 success, 1 an operational error (a missing or corrupted ring,
 a permission, a failed write), 2 a usage error (bad option or name), 130
@@ -17,9 +22,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import bench
 from ._util import shm_name
 from .errors import CorruptedError
-from .ring import RingBuffer
+from .ring import RingBuffer, attach_for_repair
 
-__all__ = ["main", "SHM_DIR", "pid_alive", "list_rings"]
+__all__ = ["main", "SHM_DIR", "pid_alive", "list_rings", "is_path"]
 
 SHM_DIR = "/dev/shm"
 
@@ -59,8 +64,19 @@ def _alive_text(pid: int) -> str:
     return "unknown" if alive is None else ("alive" if alive else "dead")
 
 
-def list_rings() -> List[Dict[str, Any]]:
-    """``info()`` of every pyipc ring in ``/dev/shm``, with its ``name``.
+def is_path(arg: str) -> bool:
+    """Does a command-line ring argument name a file rather than a segment?"""
+    return arg.startswith(("./", "../")) or (arg.startswith("/") and "/" in arg[1:])
+
+
+def _ring_args(arg: str) -> Dict[str, Any]:
+    """RingBuffer keyword arguments for a command-line ring argument."""
+    return {"path": arg} if is_path(arg) else {"name": arg}
+
+
+def list_rings(directory: str = SHM_DIR) -> List[Dict[str, Any]]:
+    """``info()`` of every pyipc ring in ``directory`` (``/dev/shm`` by
+    default: segments by name; elsewhere: files by path), with its ``name``.
 
     Files that are not rings (``CorruptedError``), that we may not open
     (``PermissionError``), that vanish meanwhile, or whose names are not
@@ -68,11 +84,14 @@ def list_rings() -> List[Dict[str, Any]]:
     read.
     """
     rings = []
-    for entry in sorted(os.scandir(SHM_DIR), key=lambda e: e.name):
+    in_shm = os.path.realpath(directory) == os.path.realpath(SHM_DIR)
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if not entry.is_file(follow_symlinks=False):
             continue
+        shown = entry.name if in_shm else entry.path
         try:
-            with RingBuffer(entry.name) as ring:
+            kw: Dict[str, Any] = {"name": entry.name} if in_shm else {"path": entry.path}
+            with RingBuffer(**kw) as ring:
                 info = ring.info()
         except (CorruptedError, PermissionError, FileNotFoundError, ValueError):
             continue
@@ -80,20 +99,22 @@ def list_rings() -> List[Dict[str, Any]]:
             # Anything else the kernel says about someone else's file (a
             # size it cannot map, say) also means "not one of our rings".
             continue
-        rings.append({"name": entry.name, **info})
+        rings.append({"name": shown, **info})
     return rings
 
 
-def _open(name: str) -> RingBuffer:
-    """Attach to ring ``name``; expected failures become one-line messages."""
+def _open(arg: str) -> RingBuffer:
+    """Attach to ring ``arg``; expected failures become one-line messages."""
     try:
-        return RingBuffer(name)
+        return RingBuffer(**_ring_args(arg))
     except FileNotFoundError:
-        raise _OperationalError(f"no ring named {name!r}") from None
-    except CorruptedError:
-        raise _OperationalError(f"{name!r} is not a valid pyipc ring") from None
+        raise _OperationalError(f"no ring named {arg!r}") from None
+    except CorruptedError as exc:
+        raise _OperationalError(str(exc)) from None
     except PermissionError:
-        raise _OperationalError(f"permission denied: {name!r}") from None
+        raise _OperationalError(f"permission denied: {arg!r}") from None
+    except IsADirectoryError:
+        raise _OperationalError(f"{arg!r} is a directory, not a ring") from None
 
 
 class _OperationalError(Exception):
@@ -102,6 +123,8 @@ class _OperationalError(Exception):
 
 def _check_names(names: Sequence[str]) -> None:
     for name in names:
+        if is_path(name):
+            continue
         try:
             shm_name(name)
         except ValueError as exc:
@@ -114,30 +137,31 @@ def _check_names(names: Sequence[str]) -> None:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
+    where = args.dir or SHM_DIR
     try:
-        rings = list_rings()
+        rings = list_rings(where)
     except OSError as exc:
-        raise _OperationalError(f"cannot read {SHM_DIR}: {exc.strerror}") from None
+        raise _OperationalError(f"cannot read {where}: {exc.strerror}") from None
     for info in rings:
         info["creator_alive"] = pid_alive(info["creator_pid"])
     if args.json:
         print(json.dumps(rings, indent=2))
         return EXIT_OK
     if not rings:
-        print(f"no pyipc rings in {SHM_DIR}")
+        print(f"no pyipc rings in {where}")
         return EXIT_OK
     width = max(len("NAME"), *(len(r["name"]) for r in rings))
     print(f"{'NAME':<{width}}  {'CAPACITY':>10}  {'MESSAGES':>9}  {'USED':>10}  "
-          f"{'CREATOR':>8}  ALIVE")
+          f"{'LEASES':>6}  {'CREATOR':>8}  ALIVE")
     for r in rings:
         alive = r["creator_alive"]
         print(f"{r['name']:<{width}}  {r['capacity']:>10}  {r['messages']:>9}  "
-              f"{r['bytes_used']:>10}  {r['creator_pid']:>8}  "
+              f"{r['bytes_used']:>10}  {r['reserves'] + r['views']:>6}  {r['creator_pid']:>8}  "
               f"{'unknown' if alive is None else ('yes' if alive else 'no')}")
     return EXIT_OK
 
 
-_SHUTDOWN = {0: "open", 1: "shut down", 2: "shut down immediately"}
+_SHUTDOWN = {0: "open", 1: "shut down", 2: "shut down immediately", 3: "damaged (see pyipc repair)"}
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -145,7 +169,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     with _open(args.name) as ring:
         info = ring.info()
         stats = ring.stats()
-        name = ring.name
+        name = ring.path or ring.name
     if args.json:
         out = {"name": name, **info, "creator_alive": pid_alive(info["creator_pid"]),
                "stats": stats}
@@ -166,6 +190,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("lock recoveries", str(info["recoveries"])),
         ("messages", str(info["messages"])),
         ("bytes_used", str(info["bytes_used"])),
+        ("open reservations", str(info["reserves"])),
+        ("open views", str(info["views"])),
     ]
     rows += [(key, str(value)) for key, value in stats.items()
              if key not in ("messages", "recoveries")]
@@ -182,9 +208,9 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         try:
             if args.force:
                 # No attach: a corrupted segment is exactly what --force is for.
-                os.unlink(os.path.join(SHM_DIR, shm_name(name)))
+                os.unlink(name if is_path(name) else os.path.join(SHM_DIR, shm_name(name)))
             else:
-                with RingBuffer(name) as ring:
+                with RingBuffer(**_ring_args(name)) as ring:
                     ring.unlink()
         except FileNotFoundError:
             _say(f"no ring named {name!r}")
@@ -195,10 +221,33 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         except PermissionError:
             _say(f"permission denied: {name!r}")
             failed = True
+        except IsADirectoryError:
+            _say(f"{name!r} is a directory, not a ring")
+            failed = True
         else:
             if args.verbose:
                 print(f"removed {name}")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    _check_names([args.name])
+    try:
+        ring = attach_for_repair(**_ring_args(args.name))
+    except FileNotFoundError:
+        raise _OperationalError(f"no ring named {args.name!r}") from None
+    except CorruptedError as exc:
+        raise _OperationalError(f"{exc} (pyipc rm --force removes it)") from None
+    except PermissionError:
+        raise _OperationalError(f"permission denied: {args.name!r}") from None
+    except IsADirectoryError:
+        raise _OperationalError(f"{args.name!r} is a directory, not a ring") from None
+    with ring:
+        dropped = ring.repair()
+        queued = ring.check()
+    print(f"repaired {args.name}: dropped {dropped} message{'s' if dropped != 1 else ''}, "
+          f"{queued} still queued")
+    return EXIT_OK
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -290,27 +339,43 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(func=_cmd_bench)
 
-    ls = sub.add_parser("ls", help="list the pyipc rings in /dev/shm",
-                        description="List the pyipc rings in /dev/shm with capacity, "
-                                    "queued messages and whether their creator is alive.")
+    ls = sub.add_parser("ls", help="list the pyipc rings in /dev/shm (or a directory)",
+                        description="List the pyipc rings in /dev/shm (or in DIR) with "
+                                    "capacity, queued messages, open leases and whether "
+                                    "their creator is alive.")
+    ls.add_argument("dir", nargs="?", metavar="DIR", help="a directory of rings in files")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=_cmd_ls)
 
     info = sub.add_parser("info", help="show a ring's header and counters",
                           description="Show a ring's header (capacity, max message size, "
                                       "version, shutdown state, creator) and its counters.")
-    info.add_argument("name", metavar="NAME", help="the ring's name (leading / optional)")
+    info.add_argument("name", metavar="NAME", help="the ring's name (leading / optional) or path")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_cmd_info)
 
     rm = sub.add_parser("rm", help="remove rings",
                         description="Remove rings by name.  Exit code 1 if any could "
                                     "not be removed.")
-    rm.add_argument("names", nargs="+", metavar="NAME", help="ring names")
+    rm.add_argument("names", nargs="+", metavar="NAME", help="ring names or paths")
     rm.add_argument("-f", "--force", action="store_true",
                     help="remove the name even if it is not a valid ring")
     rm.add_argument("-v", "--verbose", action="store_true", help="say what was removed")
     rm.set_defaults(func=_cmd_rm)
+
+    rp = sub.add_parser("repair", help="make a damaged ring usable again",
+                        description="Keep every queued message that validates, up to the "
+                                    "first damaged one, drop the rest, and put the header "
+                                    "right.  Exit code 1 if NAME is not a pyipc ring.")
+    rp.add_argument("name", metavar="NAME", help="the ring's name (leading / optional) or path")
+    rp.set_defaults(func=_cmd_repair)
+
+    from .rpc.command import add_subcommands as _rpc_subcommands
+
+    rpc = sub.add_parser("rpc", help="call pyipc.rpc servers, list them",
+                         description="Call a pyipc.rpc server's methods from the shell "
+                                     "(arguments are Python literals), or list named servers.")
+    _rpc_subcommands(rpc)
     return p
 
 

@@ -23,16 +23,8 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 from . import _reactor
 from ._core import ffi, lib
 from ._util import FOREVER, NOWAIT as _NOWAIT, deadline
-from .errors import Empty, Full, MessageTooLarge, ShutDown, error_from
-from .errors import (
-    RC_EINTR as _EINTR,
-    RC_EAGAIN as _EAGAIN,
-    RC_ETIMEDOUT as _ETIMEDOUT,
-    RC_EMSGSIZE as _EMSGSIZE,
-    RC_EBADF as _EBADF,
-    RC_ESHUTDOWN as _ESHUTDOWN,
-)
-from .ring import RingBuffer
+from .errors import Empty, Full
+from .ring import _PUT, RingBuffer, _new_recv_buf
 
 __all__ = ["Queue"]
 
@@ -41,30 +33,16 @@ Loads = Callable[[Any], Any]
 
 PROTOCOL = 5
 
-# put() and get() are the hot path: for small objects the pickling and the
-# ring's C call take about as long as one more layer of Python calls would.
-# So they call the C core directly on the RingBuffer's handle, with the C
-# functions and constants bound here once.  Everything else goes through the
-# RingBuffer.
-_lib_put = lib.pyipc_ring_put
-_lib_get = lib.pyipc_ring_get
-_unpack = ffi.unpack
+# put() and get() are the hot path: for small objects, pickling and the
+# ring's C call take about as long as one more layer of Python calls would,
+# so the functions they call are bound here once.
 _from_buffer = ffi.from_buffer
-_NULL = ffi.NULL
 _pickle_dumps = pickle.dumps
 _pickle_loads = pickle.loads
-
-# A receive buffer: (char[] cdata, its size, a uint64_t* for "needed", a
-# memoryview of the whole buffer).  Buffers are pooled per handle; a list's
-# pop() and append() are atomic under the GIL, so threads sharing a Queue
-# never share a buffer.
-_RecvBuf = Tuple[Any, int, Any, memoryview]
-_FIRST_BUFFER = 64 * 1024
-
-
-def _new_recv_buf(size: int) -> _RecvBuf:
-    buf = ffi.new("char[]", size)
-    return (buf, size, ffi.new("uint64_t *"), memoryview(ffi.buffer(buf)))
+_FIRST_BUFFER = 64 * 1024  # the ring's pooled receive buffers start this large
+_NULL = ffi.NULL
+_c_put = lib.pyipc_ring_put
+_c_get = lib.pyipc_ring_get
 
 
 # ---- large buffers out of band ----------------------------------------------
@@ -112,29 +90,32 @@ def _pad(n: int) -> int:
     return -n % _ALIGN
 
 
-def _frame(tag: int, pickled: bytes, bufs: List[memoryview]) -> bytes:
-    """Join header, lengths, pickle and buffers into one message (one copy)."""
+def _frame_parts(tag: int, pickled: bytes, bufs: List[memoryview]) -> List[Any]:
+    """Header, lengths, pickle and buffers as the parts of one message."""
     lens = [m.nbytes for m in bufs]
     head = _HEAD.pack(tag, len(bufs), len(pickled)) + struct.pack(f"<{len(lens)}Q", *lens)
     parts: List[Any] = [head]
     off = len(head)
     for part, size in [(pickled, len(pickled)), *zip(bufs, lens)]:
         pad = _pad(off)
-        parts.append(_ZEROS[:pad])
+        if pad:
+            parts.append(_ZEROS[:pad])
         parts.append(part)
         off += pad + size
-    return b"".join(parts)
+    return parts
 
 
-def _encode(obj: Any) -> bytes:
-    """The default serializer: pickle protocol 5, large buffers out of band."""
+def _frame(tag: int, pickled: bytes, bufs: List[memoryview]) -> bytes:
+    """The parts of a framed message joined into one bytes object."""
+    return b"".join(_frame_parts(tag, pickled, bufs))
+
+
+def _encode_parts(obj: Any) -> Optional[List[Any]]:
+    """The parts of a framed message for ``obj``, or None if it pickles
+    without large buffers (then ``_encode`` gives the plain pickle)."""
     tp = type(obj)
     if (tp is bytes or tp is bytearray) and len(obj) >= _OOB_MIN:
-        return _frame(_TAG_BYTES if tp is bytes else _TAG_BYTEARRAY, b"", [memoryview(obj)])
-    try:
-        return _pickle_dumps(obj, PROTOCOL, buffer_callback=_no_large_buffers)
-    except _HasLargeBuffer:
-        pass
+        return _frame_parts(_TAG_BYTES if tp is bytes else _TAG_BYTEARRAY, b"", [memoryview(obj)])
     bufs: List[memoryview] = []
 
     def collect(pb: pickle.PickleBuffer) -> bool:
@@ -144,7 +125,22 @@ def _encode(obj: Any) -> bytes:
         bufs.append(raw)
         return False
 
-    return _frame(_TAG_PICKLE, _pickle_dumps(obj, PROTOCOL, buffer_callback=collect), bufs)
+    pickled = _pickle_dumps(obj, PROTOCOL, buffer_callback=collect)
+    if not bufs:
+        return None
+    return _frame_parts(_TAG_PICKLE, pickled, bufs)
+
+
+def _encode(obj: Any) -> bytes:
+    """The default serializer: pickle protocol 5, large buffers out of band."""
+    tp = type(obj)
+    if not ((tp is bytes or tp is bytearray) and len(obj) >= _OOB_MIN):
+        try:
+            return _pickle_dumps(obj, PROTOCOL, buffer_callback=_no_large_buffers)
+        except _HasLargeBuffer:
+            pass
+    parts = _encode_parts(obj)
+    return b"".join(parts) if parts is not None else _pickle_dumps(obj, PROTOCOL)
 
 
 def _is_framed(data: Any) -> bool:
@@ -245,6 +241,7 @@ class Queue:
         "_loads",
         "_h",
         "_bufs",
+        "_decode",
         "_spares",
         "_framed",
         "_finalizer",
@@ -267,7 +264,6 @@ class Queue:
         # multiprocessing.Queue treats maxsize <= 0 as "no bound"; so do we.
         bound = max(0, maxsize)
         self._closed = True  # until the ring exists, for __repr__
-        self._h: Any = None
         self._finalizer: Optional[Finalize[None]] = None
         if create:
             ring = RingBuffer(
@@ -278,11 +274,14 @@ class Queue:
                 raise ValueError("create=False needs the name of an existing queue")
             ring = RingBuffer(name, create=False)
         self._ring = ring
+        assert ring.name is not None
         self._name: str = ring.name
-        # put() and get() call C directly on the ring's own handle (same
-        # package, same lifetime: it stays valid until the ring is freed).
-        self._h = ring._h
-        self._bufs: List[_RecvBuf] = []
+        # put() and get() are the hot path: for small objects, pickling and
+        # the C call take about as long as one more layer of Python calls
+        # would, so the ring hands us its C handle to call C on directly;
+        # every retry and error still goes through the ring (_again,
+        # _get_slow).
+        self._h, self._bufs = ring._queue_port()
         self._spares: List[bytearray] = []  # at most one, see _get_large
         self._maxsize: int = ring.max_messages
         # None selects the inlined pickle.dumps(obj, 5) in put().
@@ -291,6 +290,7 @@ class Queue:
         # The default serializer frames large buffers out of band (see
         # _encode); custom ones get their own bytes untouched.
         self._framed = dumps is None and loads is None
+        self._decode = self._decode_pooled if self._framed else self._decode_custom
         self._closed = False
         if create:
             # multiprocessing's Finalize rather than weakref.finalize: it runs
@@ -347,52 +347,33 @@ class Queue:
         if the pickle can never fit; ``ShutDown`` after ``shutdown()``;
         ``ValueError`` if this handle is closed or ``timeout`` is negative.
         """
-        h = self._h
-        if h is None:
+        if self._closed:
             raise ValueError(f"{self!r} is closed")
         if self._dumps is None:
             # _encode(obj), inlined for the common case of a small object.
             if type(obj) in _RAW_TYPES and len(obj) >= _OOB_MIN:
-                data = _encode(obj)
+                data = None
             else:
                 try:
                     data = _pickle_dumps(obj, PROTOCOL, buffer_callback=_no_large_buffers)
                 except _HasLargeBuffer:
-                    data = _encode(obj)
+                    data = None
+            if data is None:
+                # Large buffers go straight from the object into the ring.
+                parts = _encode_parts(obj)
+                if parts is not None:
+                    self._ring._put_gather(parts, block, timeout)
+                    return
+                data = _pickle_dumps(obj, PROTOCOL)
         else:
             data = self._dumps(obj)
             if type(data) is not bytes:
-                # cffi passes bytes as they are; anything else bytes-like
-                # (TypeError if it is not) needs a view.
-                data = _from_buffer(data)
+                data = _from_buffer(data)  # TypeError if it is not bytes-like
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        rc = _lib_put(h, data, len(data), d, _NULL)
+        h = self._h
+        rc = _c_put(h, data, len(data), d, _NULL)
         if rc:
-            self._put_again(h, data, d, rc)
-
-    def _put_again(self, h: Any, data: Any, d: int, rc: int) -> None:
-        """put()'s slow path: retry after -EINTR, else raise for ``rc``."""
-        while rc == _EINTR:
-            # The C wait returns every slice or on a signal, so that pending
-            # signal handlers (Ctrl-C) run here, between two calls.
-            rc = _lib_put(h, data, len(data), d, _NULL)
-        if rc == 0:
-            return
-        if rc in (_EAGAIN, _ETIMEDOUT):
-            raise Full("no room in the queue" + (" in time" if rc == _ETIMEDOUT else ""))
-        if rc == _EMSGSIZE:
-            raise MessageTooLarge(
-                f"the pickled object ({len(data)} bytes) can never fit: "
-                f"max_message_size is {self._ring.max_message_size}"
-            )
-        raise self._error(rc)
-
-    def _error(self, rc: int) -> Exception:
-        if rc == _ESHUTDOWN:
-            return ShutDown(f"queue {self._name!r} is shut down")
-        if rc == _EBADF:
-            return ValueError(f"{self!r} is closed")
-        return error_from(rc, self._name)
+            self._ring._again(rc, _c_put, h, data, len(data), d, _NULL, op=_PUT, size=len(data))
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``: raises ``Full`` at once if there is no room."""
@@ -424,48 +405,40 @@ class Queue:
         drained; ``ValueError`` if this handle is closed or ``timeout`` is
         negative; and whatever unpickling raises.
         """
-        h = self._h
-        if h is None:
+        if self._closed:
             raise ValueError(f"{self!r} is closed")
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
         bufs = self._bufs
         rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
-        buf, size, need, view = rbuf
-        n = _lib_get(h, buf, size, d, need)
-        if n < 0:
-            return self._get_again(h, rbuf, d, n)
-        if self._framed:
-            # pickle.loads copies whatever it builds out of its input, so it
-            # can read the pooled buffer in place: one bytes object fewer.
+        h = self._h
+        n = _c_get(h, rbuf[0], rbuf[1], d, rbuf[2])
+        if 0 <= n < _OOB_MIN and self._framed:
+            # The common case, straight-line: only plain pickles are this
+            # small (see _OOB_MIN), and pickle.loads copies whatever it
+            # builds out of its input, so it reads the pooled buffer in place.
             try:
-                return _pickle_loads(view[:n])
+                return _pickle_loads(rbuf[3][:n])
             finally:
                 bufs.append(rbuf)
-        bufs.append(rbuf)
-        return self._loads(_unpack(buf, n))
+        return self._ring._get_slow(h, d, rbuf, n, self._decode, self._get_large)
 
-    def _get_again(self, h: Any, rbuf: _RecvBuf, d: int, n: int) -> Any:
-        """get()'s slow path: retry after -EINTR, take a message larger than
-        the pooled buffer, else raise for ``n``.  Returns the object."""
-        buf, size, need, _ = rbuf
-        try:
-            while n == _EINTR:
-                # The C wait returns every slice or on a signal, so that
-                # pending signal handlers (Ctrl-C) run here, between calls.
-                n = _lib_get(h, buf, size, d, need)
-            if n >= 0:
-                data = _unpack(buf, n)
-                return _decode(data) if self._framed else self._loads(data)
-            needed = int(need[0])
-        finally:
-            self._bufs.append(rbuf)
-        if n == _EMSGSIZE:
-            return self._get_large(h, d, needed)
-        raise self._get_error(n)
+    def _decode_pooled(self, rbuf: Any, n: int) -> Any:
+        # A message in the ring's pooled buffer.  Only plain pickles are
+        # smaller than _OOB_MIN, and pickle.loads copies whatever it builds
+        # out of its input, so it reads the buffer in place.  A pooled
+        # buffer the ring's get_many grew may hold a framed one: that gets
+        # a copy of its own, which the objects it holds may keep viewing.
+        if n >= _OOB_MIN and _is_framed(rbuf[3]):
+            return _decode(bytearray(rbuf[3][:n]))
+        return _pickle_loads(rbuf[3][:n])
 
-    def _get_large(self, h: Any, d: int, size: int) -> Any:
+    def _decode_custom(self, rbuf: Any, n: int) -> Any:
+        # A custom loads may keep what it is given: give it its own bytes.
+        return self._loads(ffi.unpack(rbuf[0], n))
+
+    def _get_large(self, size: int, d: int) -> Any:
         """Take the next message, known to be about ``size`` bytes, into a
-        bytearray, and return the object.
+        bytearray, and return the object: the one copy out of the ring.
 
         Arrays and bytearrays unpickled from a framed message keep that
         bytearray as their memory.  Otherwise (bytes, a large plain pickle)
@@ -476,20 +449,14 @@ class Queue:
         data = spares.pop() if spares else None
         if data is None or len(data) < size:
             data = bytearray(size)
-        need = ffi.new("uint64_t *")
+        needed: List[int] = []
         while True:
-            with _from_buffer(data) as buf:
-                n = _lib_get(h, buf, len(data), d, need)
+            n = self._ring._get_into(data, d, needed)
             if n >= 0:
                 break
-            if n == _EMSGSIZE:
-                # Another consumer took that message; the next is larger.
-                data = bytearray(int(need[0]))
-            elif n != _EINTR:
-                spares.append(data)
-                raise self._get_error(n)
+            # Another consumer took that message; the next is larger.
+            data = bytearray(needed.pop())
         if not self._framed:
-            # A custom loads may keep what it is given: give it its own.
             del data[n:]
             return self._loads(data)
         if not _is_framed(data):
@@ -505,11 +472,6 @@ class Queue:
             return obj
         del data[n:]
         return _decode(data)
-
-    def _get_error(self, n: int) -> Exception:
-        if n in (_EAGAIN, _ETIMEDOUT):
-            return Empty("nothing in the queue" + (" in time" if n == _ETIMEDOUT else ""))
-        return self._error(n)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``: raises ``Empty`` at once if nothing is queued."""
@@ -543,29 +505,28 @@ class Queue:
         queued.  Raises ``Full`` when ``timeout`` expires, plus everything
         ``put`` raises (``ValueError`` if the queue is or gets closed).
         """
-        h = self._h
-        if h is None:
+        if self._closed:
             raise ValueError(f"{self!r} is closed")
         d = FOREVER if timeout is None else deadline(True, timeout)
         data = (self._dumps or _encode)(obj)
         if type(data) is not bytes:
-            data = _from_buffer(data)
+            data = _from_buffer(data)  # TypeError if it is not bytes-like
         size = len(data)
-        rc = _lib_put(h, data, size, _NOWAIT, _NULL)
-        if rc == 0:
-            return
-        if rc != _EAGAIN and rc != _EINTR:
-            self._put_again(h, data, _NOWAIT, rc)  # raises
+        ring = self._ring
 
         def attempt() -> None:
             h = self._h
             if h is None:
                 raise ValueError(f"{self!r} is closed")
-            rc = _lib_put(h, data, size, _NOWAIT, _NULL)
+            rc = _c_put(h, data, size, _NOWAIT, _NULL)
             if rc:
-                self._put_again(h, data, _NOWAIT, rc)
+                ring._again(rc, _c_put, h, data, size, _NOWAIT, _NULL, op=_PUT, size=size)
 
-        await _reactor.retry(self._ring, True, size, d, attempt)
+        try:
+            return attempt()  # room at once: the common case, without the retry loop
+        except Full:
+            pass
+        await _reactor.retry(ring, True, size, d, attempt)
 
     async def get_async(self, timeout: Optional[float] = None) -> Any:
         """Get an object without blocking the event loop.
@@ -574,7 +535,7 @@ class Queue:
         ``Empty`` when ``timeout`` expires, plus everything ``get`` raises
         (``ValueError`` if the queue is or gets closed).
         """
-        if self._h is None:
+        if self._closed:
             raise ValueError(f"{self!r} is closed")
         d = FOREVER if timeout is None else deadline(True, timeout)
         try:
@@ -590,7 +551,7 @@ class Queue:
         Cancelling it takes nothing.  Raises ``Empty`` when ``timeout``
         expires, plus everything ``get_many`` raises.
         """
-        if self._h is None:
+        if self._closed:
             raise ValueError(f"{self!r} is closed")
         if max_messages < 1:
             raise ValueError("'max_messages' must be >= 1")
@@ -603,7 +564,7 @@ class Queue:
         how many were put (all, unless ``timeout`` expired first); if
         cancelled, those put before stay queued (a prefix, each once).
         """
-        if self._h is None:
+        if self._closed:
             raise ValueError(f"{self!r} is closed")
         dumps = self._dumps or _encode
         return await self._ring.put_many_async([dumps(obj) for obj in objs], timeout)
@@ -626,7 +587,8 @@ class Queue:
         A queue without ``maxsize`` is never full by this test, although a
         put may still wait for bytes of room.  ``ValueError`` if closed.
         """
-        return self._maxsize > 0 and self.qsize() >= self._maxsize
+        n = self.qsize()  # ValueError if closed, whatever maxsize is
+        return self._maxsize > 0 and n >= self._maxsize
 
     def shutdown(self, immediate: bool = False) -> None:
         """Shut the queue down for every handle, as ``queue.Queue.shutdown``.
@@ -652,7 +614,6 @@ class Queue:
             return
         self._closed = True
         self._h = None
-        self._bufs = []
         self._spares = []
         # The ring's close() waits for put()/get() calls in other threads to
         # leave the handle, then unmaps.

@@ -1,22 +1,26 @@
-"""``RingBuffer``: messages of bytes through a ring in POSIX shared memory.
+"""``RingBuffer``: messages of bytes through a ring in shared memory.
 
-The ring lives in ``/dev/shm/<name>``; any process that knows the name can
-attach.  All the work happens in the C core (``csrc/ring.c``); this module
-turns ``queue``-style arguments into C deadlines and C return codes into
-exceptions.  The hot paths (``put``, ``get``) make one C call each and avoid
-every other allocation they can: receive buffers are pooled per handle.
+The ring lives in ``/dev/shm/<name>`` (or in a regular file, ``path=``); any
+process that knows the name can attach.  All the work happens in the C core
+(``csrc/ring.c``); this module turns ``queue``-style arguments into C
+deadlines and C return codes into exceptions.  The hot paths (``put``,
+``get``) make one C call each and avoid every other allocation they can:
+receive buffers are pooled per handle.  Everything that retries after a
+slice or maps a C code to an exception goes through ``_retry`` and
+``_error``, the one place for each.
 """
 from __future__ import annotations
 
+import errno
 import operator
 import os
 import secrets
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _reactor
 from ._core import ffi, lib
 from ._util import FOREVER, NOWAIT as _NOWAIT, deadline, shm_name
-from .errors import Empty, Full, MessageTooLarge, ShutDown, error_from
+from .errors import CorruptedError, Empty, Full, IPCError, MessageTooLarge, ShutDown, error_from
 from .errors import (
     RC_EINTR as _EINTR,
     RC_EAGAIN as _EAGAIN,
@@ -24,19 +28,24 @@ from .errors import (
     RC_EMSGSIZE as _EMSGSIZE,
     RC_EBADF as _EBADF,
     RC_ESHUTDOWN as _ESHUTDOWN,
+    RC_EBADMSG as _EBADMSG,
 )
+from .lease import Reservation, View
 
 __all__ = ["RingBuffer", "DEFAULT_CAPACITY"]
 
 DEFAULT_CAPACITY = 1 << 20
+MAX_CAPACITY = 1 << 32
 _FIRST_BUFFER = 64 * 1024  # receive buffers start here and grow on demand
 _JOIN_MAX = 256 * 1024  # put_many joins batches up to this many bytes
-
+_RC_ENOSPC = -28
+_RC_ESTALE = -116
 
 # Bound once: attribute lookups on cffi's `lib` cost more than the calls.
 _c_put = lib.pyipc_ring_put
 _c_get = lib.pyipc_ring_get
 _c_get_many = lib.pyipc_ring_get_many
+_c_copy = lib.pyipc_copy
 _from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 _NULL = ffi.NULL
@@ -50,17 +59,27 @@ _INFO_KEYS = (
     "bytes_used",
     *_STAT_KEYS,
     "recoveries",
+    "reserves",
+    "views",
+    "hdr_size",
     "version",
     "shutdown",
     "creator_pid",
+    "owner",
 )
 
-# A receive buffer: (char[] cdata, its size, a uint64_t* for "needed").
-_RecvBuf = Tuple[Any, int, Any]
+# What each kind of operation raises for the codes that mean "no".
+_PUT, _GET, _WAIT = 0, 1, 2
+
+# A receive buffer: (char[] cdata, its size, a uint64_t* for "needed", a
+# memoryview of the whole buffer for decoders that read it in place).
+_RecvBuf = Tuple[Any, int, Any, memoryview]
+Decode = Callable[[_RecvBuf, int], Any]
 
 
 def _new_recv_buf(size: int) -> _RecvBuf:
-    return (ffi.new("char[]", size), size, ffi.new("uint64_t *"))
+    buf = ffi.new("char[]", size)
+    return (buf, size, ffi.new("uint64_t *"), memoryview(ffi.buffer(buf)))
 
 
 def _grown(size: int, needed: int) -> int:
@@ -74,6 +93,57 @@ def _closed() -> ValueError:
     return ValueError("operation on a closed RingBuffer")
 
 
+def _bytes_like(data: Any) -> Any:
+    """``data`` as something cffi passes as a pointer: bytes as they are,
+    any other contiguous buffer through the buffer protocol."""
+    if type(data) is bytes:
+        return data
+    try:
+        return _from_buffer(data)
+    except BufferError as e:  # a non-contiguous view: not bytes-like for us
+        raise TypeError(f"a contiguous bytes-like object is required: {e}") from None
+
+
+def _where(name: Optional[str], path: Any) -> Tuple[bytes, int, str]:
+    """Validate name/path; return (C argument, flags, display name)."""
+    if path is not None:
+        if name is not None:
+            raise ValueError("give either 'name' or 'path', not both")
+        p = os.fspath(path)
+        raw = os.fsencode(p)
+        if not raw or b"\0" in raw:
+            raise ValueError(f"invalid path: {p!r}")
+        return raw, lib.PYIPC_SEG_PATH, os.fsdecode(p)
+    assert name is not None
+    bare = shm_name(name)
+    return os.fsencode("/" + bare), 0, bare
+
+
+def _int_arg(value: Any, what: str, low: int, high: int) -> int:
+    """An integer argument in [low, high], else ValueError (never OverflowError)."""
+    v = operator.index(value)
+    if not low <= v <= high:
+        raise ValueError(f"'{what}' must be between {low} and {high}, not {v}")
+    return v
+
+
+def corrupted(where: bytes, flags: int, what: str) -> CorruptedError:
+    """A CorruptedError that says what the segment at ``where`` is."""
+    probe = ffi.new("struct pyipc_seg_probe *")
+    if lib.pyipc_seg_probe(where, flags, probe) < 0 or not probe.magic_ok:
+        return CorruptedError(f"{what!r} is not a pyipc segment")
+    if probe.version != lib.PYIPC_LAYOUT_VERSION:
+        return CorruptedError(
+            f"{what!r} has pyipc layout version {probe.version}, this pyipc reads version "
+            f"{lib.PYIPC_LAYOUT_VERSION}: remove it (pyipc rm) and create it again"
+        )
+    if probe.kind == lib.PYIPC_KIND_TOPIC:
+        return CorruptedError(f"{what!r} is a pyipc topic, not a ring: use Publisher or Subscriber")
+    if probe.kind != lib.PYIPC_KIND_RING:
+        return CorruptedError(f"{what!r} is a pyipc segment of an unknown kind ({probe.kind})")
+    return CorruptedError(f"{what!r} fails validation: its header is damaged")
+
+
 class RingBuffer:
     """A multi-producer, multi-consumer queue of bytes in shared memory.
 
@@ -82,13 +152,26 @@ class RingBuffer:
     attaches to an existing one (``FileNotFoundError``, ``PermissionError``,
     or ``CorruptedError`` if it is not a valid ring).  ``name`` follows
     ``multiprocessing.shared_memory``: the leading ``/`` is optional, no other
-    ``/``, at most 200 characters (``ValueError``).
+    ``/``, at most 200 characters (``ValueError``).  ``path=`` instead of
+    ``name`` puts the ring in a regular file on any filesystem.
 
     ``max_messages`` (an extension; 0 = unbounded) bounds the number of
     queued messages as well as their bytes; it is kept in the segment.
     """
 
-    __slots__ = ("_h", "_name", "_capacity", "_max_message_size", "_max_messages", "_bufs", "_aio", "__weakref__")
+    __slots__ = (
+        "_h",
+        "_name",
+        "_where",
+        "_flags",
+        "_path",
+        "_capacity",
+        "_max_message_size",
+        "_max_messages",
+        "_bufs",
+        "_aio",
+        "__weakref__",
+    )
 
     def __init__(
         self,
@@ -98,38 +181,45 @@ class RingBuffer:
         capacity: Optional[int] = None,
         mode: int = 0o600,
         max_messages: int = 0,
+        path: Union[str, "os.PathLike[str]", None] = None,
     ) -> None:
         self._h: Any = None
         self._bufs: List[_RecvBuf] = []
+        if create:
+            if name is None and path is None:
+                name = "pyipc-" + secrets.token_hex(8)
+            where, flags, shown = _where(name, path)
+            cap = DEFAULT_CAPACITY if capacity is None else _int_arg(capacity, "capacity", 1, MAX_CAPACITY)
+            max_messages = _int_arg(max_messages, "max_messages", 0, MAX_CAPACITY // 8)
+            mode = _int_arg(mode, "mode", 0, 0o7777)
+            out = ffi.new("pyipc_ring **")
+            rc = lib.pyipc_ring_create(where, flags, cap, max_messages, mode, out)
+            self._adopt(rc, out, where, flags, shown)
+        else:
+            if name is None and path is None:
+                raise ValueError("'name' or 'path' is required to attach to an existing ring")
+            self._attach(name, path, 0)
+
+    def _attach(self, name: Optional[str], path: Any, extra_flags: int) -> None:
+        where, flags, shown = _where(name, path)
+        out = ffi.new("pyipc_ring **")
+        rc = lib.pyipc_ring_attach(where, flags | extra_flags, out)
+        self._adopt(rc, out, where, flags, shown)
+
+    def _adopt(self, rc: int, out: Any, where: bytes, flags: int, shown: str) -> None:
+        """Take the C handle a create or attach made, or raise for ``rc``."""
+        if rc < 0:
+            if rc == _EBADMSG:
+                raise corrupted(where, flags, shown)
+            raise error_from(rc, shown)
+        self._h = ffi.gc(out[0], lib.pyipc_ring_free)
         # The asyncio waits on this handle's words (a _reactor.WaitGuard),
         # made by the first one.
         self._aio: Any = None
-        out = ffi.new("pyipc_ring **")
-        if create:
-            if name is None:
-                name = "pyipc-" + secrets.token_hex(8)
-            bare = shm_name(name)
-            cap = DEFAULT_CAPACITY if capacity is None else operator.index(capacity)
-            if cap <= 0:
-                raise ValueError("'capacity' must be a positive number of bytes")
-            if cap > 1 << 32:
-                raise ValueError("'capacity' must be at most 4 GiB")
-            max_messages = operator.index(max_messages)
-            if max_messages < 0:
-                raise ValueError("'max_messages' must be >= 0")
-            mode = operator.index(mode)
-            if not 0 <= mode <= 0o7777:
-                raise ValueError("'mode' must be permission bits (0 to 0o7777)")
-            rc = lib.pyipc_ring_create(os.fsencode("/" + bare), cap, max_messages, mode, out)
-        else:
-            if name is None:
-                raise ValueError("'name' is required to attach to an existing ring")
-            bare = shm_name(name)
-            rc = lib.pyipc_ring_attach(os.fsencode("/" + bare), out)
-        if rc < 0:
-            raise error_from(rc, bare)
-        self._h = ffi.gc(out[0], lib.pyipc_ring_free)
-        self._name = bare
+        self._name = shown
+        self._where = where
+        self._flags = flags
+        self._path = shown if flags else None
         self._capacity = int(lib.pyipc_ring_capacity(self._h))
         self._max_message_size = int(lib.pyipc_ring_max_message_size(self._h))
         self._max_messages = int(lib.pyipc_ring_max_messages(self._h))
@@ -137,13 +227,19 @@ class RingBuffer:
     # ---- attributes ------------------------------------------------------
 
     @property
-    def name(self) -> str:
-        """The segment's name, without the leading ``/``."""
-        return self._name
+    def name(self) -> Optional[str]:
+        """The segment's name, without the leading ``/`` (``None`` for a ring in a file)."""
+        return None if self._path is not None else self._name
+
+    @property
+    def path(self) -> Optional[str]:
+        """The file a ring made with ``path=`` lives in, else ``None``."""
+        return self._path
 
     @property
     def capacity(self) -> int:
-        """Bytes of record space (requested capacity rounded up to a power of two)."""
+        """Bytes of record space: the requested capacity rounded up to a
+        power of two of at least one page (a huge page on hugetlbfs)."""
         return self._capacity
 
     @property
@@ -163,7 +259,63 @@ class RingBuffer:
 
     def __repr__(self) -> str:
         state = "closed" if self._h is None else f"capacity={self._capacity}"
-        return f"<pyipc.RingBuffer name={self._name!r} {state}>"
+        what = f"path={self._path!r}" if self._path is not None else f"name={self._name!r}"
+        return f"<pyipc.RingBuffer {what} {state}>"
+
+    # ---- the one place for retries and errors ----------------------------
+
+    def _error(self, rc: int, op: int = _WAIT, size: int = 0) -> Exception:
+        """The exception for C code ``rc`` from an operation of kind ``op``."""
+        if rc in (_EAGAIN, _ETIMEDOUT):
+            late = " in time" if rc == _ETIMEDOUT else ""
+            if op == _PUT:
+                return Full("no room in the ring" + late)
+            if op == _GET:
+                return Empty("no message" + late)
+            return TimeoutError("the message was queued but no consumer took it in time")
+        if rc == _EMSGSIZE:
+            if op == _GET:
+                return MessageTooLarge(f"a buffer of {size} bytes is too small for the next message")
+            return MessageTooLarge(
+                f"a message of {size} bytes can never fit (max_message_size is {self._max_message_size})"
+            )
+        if rc == _ESHUTDOWN:
+            return ShutDown(f"ring {self._name!r} is shut down")
+        if rc == _EBADF:
+            return _closed()
+        if rc == _EBADMSG:
+            return CorruptedError(
+                f"ring {self._name!r} fails validation (a process wrote over it): "
+                "see RingBuffer.repair() or `pyipc repair`"
+            )
+        if rc == _RC_ENOSPC:
+            return IPCError(f"ring {self._name!r} has {lib.PYIPC_MAX_LEASES} leases open on this side already")
+        if rc == _RC_ESTALE:
+            return IPCError(f"the lease was dropped by repair() of ring {self._name!r}")
+        return error_from(rc, self._name)
+
+    def _lease_error(self, rc: int) -> Exception:
+        return self._error(rc)
+
+    def _again(self, rc: int, call: Callable[..., int], *args: Any, op: int = _WAIT, size: int = 0) -> int:
+        """Finish a C call that returned ``rc``: call again while it returns
+        -EINTR (a slice ended, or a signal: Python runs its handlers between
+        two calls, so Ctrl-C interrupts a blocked call), raise for an error."""
+        while rc == _EINTR:
+            rc = call(*args)
+        if rc >= 0:
+            return int(rc)
+        raise self._error(rc, op, size)
+
+    def _retry(self, call: Callable[..., int], *args: Any, op: int = _WAIT, size: int = 0) -> int:
+        """``call(*args)`` through ``_again``."""
+        return self._again(call(*args), call, *args, op=op, size=size)
+
+    def _handle(self) -> Any:
+        h = self._h
+        if h is None:
+            raise _closed()
+        return h
 
     # ---- producing -------------------------------------------------------
 
@@ -190,30 +342,15 @@ class RingBuffer:
         if h is None:
             raise _closed()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        # bytes go to C as they are (cffi passes their internal pointer);
-        # anything else through the buffer protocol (TypeError if not one).
-        buf = data if type(data) is bytes else _from_buffer(data)
-        seq = ffi.new("uint64_t *") if wait_consumed else _NULL
+        # bytes go to C as they are (cffi passes their internal pointer).
+        buf = data if type(data) is bytes else _bytes_like(data)
+        ticket = ffi.new("uint64_t *") if wait_consumed else _NULL
         n = len(buf)
-        while True:
-            rc = _c_put(h, buf, n, d, seq)
-            if rc == 0:
-                break
-            if rc != _EINTR:
-                raise self._put_error(rc, n)
+        rc = _c_put(h, buf, n, d, ticket)
+        if rc:
+            self._again(rc, _c_put, h, buf, n, d, ticket, op=_PUT, size=n)
         if wait_consumed:
-            self._wait_consumed(h, seq[0], d)
-
-    def _wait_consumed(self, h: Any, seq: int, d: int) -> None:
-        while True:
-            rc = lib.pyipc_ring_wait_consumed(h, seq, d)
-            if rc == 0:
-                return
-            if rc == _EINTR:
-                continue
-            if rc in (_EAGAIN, _ETIMEDOUT):
-                raise TimeoutError("the message was queued but no consumer took it in time")
-            raise self._error(rc)
+            self._retry(lib.pyipc_ring_wait_consumed, h, ticket[0], d)
 
     def put_nowait(self, data: Any) -> None:
         """``put(data, block=False)``."""
@@ -227,25 +364,23 @@ class RingBuffer:
         Raises ``MessageTooLarge`` for an item that can never fit (those
         before it stay queued), ``ShutDown``, ``TypeError``, ``ValueError``.
         """
-        h = self._h
-        if h is None:
-            raise _closed()
+        h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
         if not isinstance(items, (list, tuple)):
             items = list(items)
         if not items:
             return 0
-        # memoryview() is the TypeError for anything not bytes-like.
-        sizes = [len(x) if type(x) is bytes else memoryview(x).nbytes for x in items]
+        bufs = [_bytes_like(x) for x in items]
+        sizes = [len(b) for b in bufs]
         if sum(sizes) > _JOIN_MAX:
-            return self._put_each(h, items, sizes, d)
+            return self._put_each(h, bufs, sizes, d)
         # Small messages travel joined: one copy here is far cheaper than
         # one buffer object per message.
-        blob = b"".join(items)
+        blob = b"".join(bufs)
         lens = ffi.new("uint64_t[]", sizes)
         base = ffi.from_buffer(blob)
         done = ffi.new("size_t *")
-        total = len(items)
+        total = len(bufs)
         queued = 0
         offset = 0
         while True:
@@ -258,22 +393,56 @@ class RingBuffer:
                 continue
             if rc in (_EAGAIN, _ETIMEDOUT):
                 return queued
-            raise self._put_error(rc, sizes[queued])
+            raise self._error(rc, _PUT, sizes[queued])
 
-    def _put_each(self, h: Any, items: Sequence[Any], sizes: List[int], d: int) -> int:
+    def _put_each(self, h: Any, bufs: Sequence[Any], sizes: List[int], d: int) -> int:
         """put_many for large messages: one record per call, no joined copy
         (each is a lock round trip, which is nothing beside its copy)."""
-        for queued, (item, size) in enumerate(zip(items, sizes)):
-            buf = item if type(item) is bytes else _from_buffer(item)
-            while True:
-                rc = _c_put(h, buf, size, d, _NULL)
-                if rc != _EINTR:
-                    break
-            if rc in (_EAGAIN, _ETIMEDOUT):
+        for queued, (buf, size) in enumerate(zip(bufs, sizes)):
+            try:
+                self._retry(_c_put, h, buf, size, d, _NULL, op=_PUT, size=size)
+            except Full:
                 return queued
-            if rc:
-                raise self._put_error(rc, size)
-        return len(items)
+        return len(bufs)
+
+    def reserve(self, size: int, block: bool = True, timeout: Optional[float] = None) -> Reservation:
+        """A context manager giving a writable ``memoryview`` of exactly
+        ``size`` bytes inside the ring: write the message in place; it is
+        published when the ``with`` block exits normally, dropped if it
+        raises.  Waits for room like ``put`` (``Full``, ``MessageTooLarge``,
+        ``ShutDown``).  See ``pyipc.lease`` for the rules that keep it safe.
+        """
+        size = _int_arg(size, "size", 0, MAX_CAPACITY)
+        self._handle()
+        return Reservation(self, size, block, timeout)
+
+    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int]:
+        """Reserve ``size`` bytes: (C handle, char * to write at, slot, position)."""
+        h = self._handle()
+        d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        ptr = ffi.new("unsigned char **")
+        slot = ffi.new("uint32_t *")
+        pos = ffi.new("uint64_t *")
+        self._retry(lib.pyipc_ring_reserve, h, size, d, ptr, slot, pos, op=_PUT, size=size)
+        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0])
+
+    def _put_gather(self, parts: Sequence[Any], block: bool, timeout: Optional[float]) -> None:
+        """Put one message made of several bytes-like parts, copying each
+        straight into a reservation (no joined copy).  For Queue."""
+        bufs = [_bytes_like(p) for p in parts]
+        total = sum(len(b) for b in bufs)
+        h, ptr, slot, pos = self._reserve_raw(total, block, timeout)
+        publish = 0
+        try:
+            off = 0
+            for b in bufs:
+                n = len(b)
+                _c_copy(ptr + off, b, n)  # releases the GIL for large copies
+                off += n
+            publish = 1
+        finally:
+            while lib.pyipc_ring_commit(h, slot, pos, total, publish) == _EINTR:
+                pass
 
     # ---- consuming -------------------------------------------------------
 
@@ -298,23 +467,41 @@ class RingBuffer:
             data: bytes = _unpack(rbuf[0], n)
             bufs.append(rbuf)
             return data
-        return self._get_retry(h, d, rbuf, n)
+        return self._get_slow(h, d, rbuf, n, _unpack_whole, None)  # type: ignore[no-any-return]
 
-    def _get_retry(self, h: Any, d: int, rbuf: _RecvBuf, n: int) -> bytes:
-        """get's rarer paths: a slice ended, a signal, or too small a buffer."""
+    def _get_slow(
+        self, h: Any, d: int, rbuf: _RecvBuf, n: int, decode: Decode, large: Optional[Callable[[int, int], Any]]
+    ) -> Any:
+        """get's rarer paths: a slice ended, a signal, or a message larger
+        than the pooled buffer (given to ``large(size, deadline)`` if set,
+        else taken into a bigger pooled buffer); then ``decode(buffer,
+        length)`` while the buffer is still ours.  ``rbuf`` came from the
+        pool and goes back to it."""
         try:
             while True:
-                buf, size, need = rbuf
                 if n >= 0:
-                    return _unpack(buf, n)  # type: ignore[no-any-return]
+                    return decode(rbuf, n)
                 if n == _EMSGSIZE:
-                    rbuf = _new_recv_buf(_grown(size, need[0]))
+                    if large is not None:
+                        needed = int(rbuf[2][0])
+                        break
+                    rbuf = _new_recv_buf(_grown(rbuf[1], rbuf[2][0]))
                 elif n != _EINTR:
-                    raise self._get_error(n)
-                buf, size, need = rbuf
-                n = _c_get(h, buf, size, d, need)
+                    raise self._error(n, _GET, rbuf[1])
+                n = _c_get(h, rbuf[0], rbuf[1], d, rbuf[2])
         finally:
             self._bufs.append(rbuf)
+        assert large is not None
+        return large(needed, d)
+
+    def _queue_port(self) -> Tuple[Any, List[_RecvBuf]]:
+        """What a Queue's hot paths need, made for it: this ring's C handle
+        (to call ``pyipc_ring_put``/``_get`` on directly: a bound partial
+        costs a tenth of a put) and the pool of receive buffers.  The Queue
+        holds the handle, which keeps it alive; after close() the C calls
+        return -EBADF, which ``_again`` and ``_get_slow`` turn into
+        ValueError.  Every retry and error goes through those two."""
+        return self._handle(), self._bufs
 
     def get_nowait(self) -> bytes:
         """``get(block=False)``."""
@@ -327,27 +514,33 @@ class RingBuffer:
         message stays queued.  Other errors as ``get``; ``TypeError`` for a
         read-only or non-buffer object.
         """
-        h = self._h
-        if h is None:
-            raise _closed()
-        d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        self._handle()
+        return self._get_into(buffer, FOREVER if (block and timeout is None) else deadline(block, timeout))
+
+    def _get_into(self, buffer: Any, d: int, needed: Optional[List[int]] = None) -> int:
+        """``get_into`` with a C deadline.  For Queue's large messages: with
+        a ``needed`` list, a buffer too small appends the message's length
+        there and returns -1 instead of raising."""
+        h = self._handle()
         try:
             buf = ffi.from_buffer(buffer, require_writable=True)
-        except BufferError as e:
-            raise TypeError(f"get_into needs a writable bytes-like buffer: {e}") from None
+        except (BufferError, TypeError) as e:
+            raise TypeError(f"get_into needs a writable contiguous bytes-like buffer: {e}") from None
         need = ffi.new("uint64_t *")
         size = len(buf)
         while True:
             n = _c_get(h, buf, size, d, need)
             if n >= 0:
                 return int(n)
-            if n == _EINTR:
-                continue
             if n == _EMSGSIZE:
+                if needed is not None:
+                    needed.append(int(need[0]))
+                    return -1
                 raise MessageTooLarge(
                     f"a buffer of {size} bytes is too small for the next message ({need[0]} bytes)"
                 )
-            raise self._get_error(n)
+            if n != _EINTR:
+                raise self._error(n, _GET, size)
 
     def get_many(self, max_messages: int, block: bool = True, timeout: Optional[float] = None) -> List[bytes]:
         """Wait for at least one message, then return up to ``max_messages``.
@@ -355,19 +548,20 @@ class RingBuffer:
         Never waits for more once one is there.  ``max_messages`` must be
         >= 1 (``ValueError``).  Errors as ``get``.
         """
-        h = self._h
-        if h is None:
-            raise _closed()
+        h = self._handle()
         max_messages = operator.index(max_messages)
         if max_messages < 1:
             raise ValueError("'max_messages' must be >= 1")
+        # No ring holds more than one message per record header's worth of
+        # bytes: size the length array by that, not by the argument.
+        max_messages = min(max_messages, self._capacity // 8)
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
         lens = ffi.new("uint64_t[]", max_messages)
         bufs = self._bufs
         rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
         try:
             while True:
-                buf, size, need = rbuf
+                buf, size, need, _ = rbuf
                 n = _c_get_many(h, buf, size, lens, max_messages, d, need)
                 if n > 0:
                     view = ffi.buffer(buf, size)
@@ -383,9 +577,28 @@ class RingBuffer:
                 if n == _EMSGSIZE:
                     rbuf = _new_recv_buf(_grown(size, need[0]))
                     continue
-                raise self._get_error(n)
+                raise self._error(n, _GET, size)
         finally:
             bufs.append(rbuf)
+
+    def view(self, block: bool = True, timeout: Optional[float] = None) -> View:
+        """A context manager giving a read-only ``memoryview`` of the oldest
+        message in place.  The message is taken (no other consumer gets it)
+        when the block is entered; its space goes back to the producers
+        when the block exits.  Waits like ``get`` (``Empty``, ``ShutDown``).
+        """
+        self._handle()
+        return View(self, 0, block, timeout)
+
+    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int, int]:
+        """Take the oldest message as a lease: (C handle, char *, slot, position, length)."""
+        h = self._handle()
+        d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        ptr = ffi.new("unsigned char **")
+        slot = ffi.new("uint32_t *")
+        pos = ffi.new("uint64_t *")
+        n = self._retry(lib.pyipc_ring_view, h, d, ptr, slot, pos, op=_GET)
+        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0]), n
 
     # ---- asyncio ---------------------------------------------------------
     #
@@ -424,7 +637,7 @@ class RingBuffer:
         ``Full`` when the timeout expires, and what ``put`` raises.
         """
         d = FOREVER if timeout is None else deadline(True, timeout)
-        buf = data if type(data) is bytes else _from_buffer(data)
+        buf = _bytes_like(data)
         size = len(buf)
         h = self._h
         if h is not None and _c_put(h, buf, size, _NOWAIT, _NULL) == 0:
@@ -438,7 +651,7 @@ class RingBuffer:
             while rc == _EINTR:
                 rc = _c_put(h, buf, size, _NOWAIT, _NULL)
             if rc:
-                raise self._put_error(rc, size)
+                raise self._error(rc, _PUT, size)
 
         await _reactor.retry(self, True, size, d, attempt)
 
@@ -489,10 +702,7 @@ class RingBuffer:
 
     def qsize(self) -> int:
         """The number of messages queued now."""
-        h = self._h
-        if h is None:
-            raise _closed()
-        return int(lib.pyipc_ring_qsize(h))
+        return int(lib.pyipc_ring_qsize(self._handle()))
 
     def __len__(self) -> int:
         return self.qsize()
@@ -508,23 +718,14 @@ class RingBuffer:
         if ``immediate``) and then raise ``ShutDown``; every blocked caller
         wakes.
         """
-        h = self._h
-        if h is None:
-            raise _closed()
-        rc = lib.pyipc_ring_shutdown(h, 1 if immediate else 0)
-        if rc < 0:
-            raise self._error(rc)
+        self._retry(lib.pyipc_ring_shutdown, self._handle(), 1 if immediate else 0)
 
     def info(self) -> dict[str, int]:
-        """Everything the header says: geometry, counters, shutdown state
-        (0 open, 1 shut down, 2 shut down immediately), creator pid."""
-        h = self._h
-        if h is None:
-            raise _closed()
+        """Everything the header says: geometry, counters, open leases,
+        shutdown state (0 open, 1 shut down, 2 shut down immediately, 3 a
+        damaged shutdown word), creator pid, and this handle's owner id."""
         out = ffi.new("struct pyipc_ring_info *")
-        rc = lib.pyipc_ring_info(h, out)
-        if rc < 0:
-            raise self._error(rc)
+        self._retry(lib.pyipc_ring_info, self._handle(), out)
         return {k: int(getattr(out, k)) for k in _INFO_KEYS}
 
     def stats(self) -> dict[str, int]:
@@ -537,23 +738,42 @@ class RingBuffer:
     def check(self) -> int:
         """Walk and validate every queued record; return how many there are.
 
-        Raises ``CorruptedError`` if any record fails validation.
+        Read-only.  Raises ``CorruptedError`` if anything fails validation.
         """
-        h = self._h
-        if h is None:
-            raise _closed()
-        while True:
-            rc = lib.pyipc_ring_check(h)
-            if rc >= 0:
-                return int(rc)
-            if rc != _EINTR:
-                raise self._error(rc)
+        return self._retry(lib.pyipc_ring_check, self._handle())
+
+    def repair(self) -> int:
+        """Make a ring that fails validation usable again; return how many
+        messages were dropped.
+
+        Keeps every record that validates, in order, up to the first damaged
+        one and drops the rest; puts right a damaged shutdown word, lease
+        tables and the shared copy of the geometry.  Afterwards every handle,
+        old and new, works again.  Never done implicitly.  Raises
+        ``OSError(EBUSY)``, changing nothing, if a lock stays held for a
+        second by a holder that lives (or whose liveness cannot be checked).
+        """
+        rc = lib.pyipc_ring_repair(self._handle())
+        if rc == -errno.EBUSY:
+            raise OSError(
+                errno.EBUSY,
+                f"ring {self._name!r}: a lock stays held by a live holder (or one whose liveness "
+                "cannot be checked); nothing was repaired",
+            )
+        return self._again(rc, lib.pyipc_ring_repair, self._handle())
+
+    def flush(self) -> None:
+        """Write the ring's memory back to its file (``msync``): for a ring
+        made with ``path=``, what is queued then survives a crash of the
+        machine.  Harmless for a ring in ``/dev/shm``."""
+        self._retry(lib.pyipc_ring_flush, self._handle())
 
     # ---- lifetime --------------------------------------------------------
 
     def close(self) -> None:
         """Detach this handle (idempotent).  Calls blocked in other threads
-        on this handle return with ``ValueError``."""
+        on this handle return with ``ValueError``; memory still leased stays
+        mapped until its lease ends."""
         h = self._h
         if h is None:
             return
@@ -567,11 +787,11 @@ class RingBuffer:
         lib.pyipc_ring_close(h)
 
     def unlink(self) -> None:
-        """Remove the segment's name; handles attached now keep working.
+        """Remove the segment's name (or file); handles attached now keep working.
 
         Raises ``FileNotFoundError`` if the name is already gone.
         """
-        rc = lib.pyipc_ring_unlink(os.fsencode("/" + self._name))
+        rc = lib.pyipc_seg_unlink(self._where, self._flags)
         if rc < 0:
             raise error_from(rc, self._name)
 
@@ -581,31 +801,29 @@ class RingBuffer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self) -> Tuple[Any, Tuple[str]]:
-        # Pickles by name: the receiving process attaches to the same segment.
-        return (RingBuffer, (self._name,))
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        # Pickles by name (or path): the receiving process attaches anew.
+        return (_attach, (self.name, self._path))
 
-    # ---- errors ----------------------------------------------------------
 
-    def _error(self, rc: int) -> Exception:
-        if rc == _EBADF:
-            return _closed()
-        return error_from(rc, self._name)
+def attach_for_repair(name: Optional[str] = None, path: Any = None) -> RingBuffer:
+    """Attach to a ring whose shared header may be damaged, taking its
+    geometry from the file's size, so that ``repair()`` can put the header
+    right (``pyipc repair``).  Refuses a segment of another layout version
+    or another kind, and anything without pyipc's magic."""
+    if (name is None) == (path is None):
+        raise ValueError("give either 'name' or 'path'")
+    ring = RingBuffer.__new__(RingBuffer)
+    ring._h = None
+    ring._bufs = []
+    ring._attach(name, path, lib.PYIPC_SEG_REPAIR)
+    return ring
 
-    def _put_error(self, rc: int, size: int) -> Exception:
-        if rc in (_EAGAIN, _ETIMEDOUT):
-            return Full("no room in the ring" + (" in time" if rc == _ETIMEDOUT else ""))
-        if rc == _EMSGSIZE:
-            return MessageTooLarge(
-                f"a message of {size} bytes can never fit (max_message_size is {self._max_message_size})"
-            )
-        if rc == _ESHUTDOWN:
-            return ShutDown(f"ring {self._name!r} is shut down")
-        return self._error(rc)
 
-    def _get_error(self, rc: int) -> Exception:
-        if rc in (_EAGAIN, _ETIMEDOUT):
-            return Empty("no message" + (" in time" if rc == _ETIMEDOUT else ""))
-        if rc == _ESHUTDOWN:
-            return ShutDown(f"ring {self._name!r} is shut down")
-        return self._error(rc)
+def _unpack_whole(rbuf: _RecvBuf, n: int) -> bytes:
+    return _unpack(rbuf[0], n)  # type: ignore[no-any-return]
+
+
+def _attach(name: Optional[str], path: Optional[str] = None) -> RingBuffer:
+    """Rebuild an unpickled ``RingBuffer``: attach by name or path."""
+    return RingBuffer(name, path=path)

@@ -15,8 +15,7 @@ import pytest
 
 from pyipc import CorruptedError, Empty, Full, MessageTooLarge, Queue, RingBuffer, ShutDown
 from pyipc import _reactor
-
-from test_ring_corrupt import SIDES  # the header layout, kept in one place
+from pyipc._core import lib
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,15 +82,17 @@ def test_get_async_wakes_for_a_put_from_a_thread(ring: RingBuffer) -> None:
     """A waiting get_async returns the message another thread puts later."""
 
     async def main() -> bytes:
-        t = threading.Timer(0.1, ring.put, (b"hello",))
+        task = asyncio.ensure_future(ring.get_async())
+        await settle(ring)  # asleep, its word registered
+        t = threading.Thread(target=ring.put, args=(b"hello",))
         t.start()
         try:
-            return await ring.get_async()  # type: ignore[no-any-return]
+            return await task  # type: ignore[no-any-return]
         finally:
             t.join()
 
     assert asyncio.run(main()) == b"hello"
-    assert ring.stats()["get_waits"] >= 1
+    assert ring.stats()["get_waits"] == 1  # it slept once, as a synchronous get counts
 
 
 def test_put_async_waits_for_room(ring: RingBuffer) -> None:
@@ -197,7 +198,6 @@ def test_batches(ring: RingBuffer) -> None:
         return got
 
     assert asyncio.run(main()) == items
-    assert ring.stats()["put_waits"] >= 1  # it did have to wait for room
 
 
 def test_cancelled_get_takes_nothing(ring: RingBuffer) -> None:
@@ -359,23 +359,28 @@ def _scribble(name: str, offset: int, data: bytes) -> None:
         m[offset : offset + len(data)] = data
 
 
-def test_scribbled_ring_raises_corrupted_error(ring: RingBuffer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A waiting get_async and put_async on a ring whose cursors are scribbled (no wake at all) raise CorruptedError."""
+def test_scribbled_ring_raises_corrupted_error(shm_name: NameFactory, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting get_async and put_async whose ring's cursors are scribbled (no wake at all) raise CorruptedError."""
     monkeypatch.setattr(_reactor, "AUDIT_INTERVAL", 0.5)
-    with RingBuffer(ring.name) as full:
+    with RingBuffer(shm_name(), create=True, capacity=4096) as empty, RingBuffer(
+        shm_name(), create=True, capacity=4096
+    ) as full:
+        full.put(b"f" * full.max_message_size)
 
         async def main() -> None:
-            getter = asyncio.ensure_future(ring.get_async())
-            await settle(ring)
+            getter = asyncio.ensure_future(empty.get_async())
+            putter = asyncio.ensure_future(full.put_async(b"x"))
+            await settle(empty, 2)
             t = time.monotonic()
-            # The producers' published cursor (layout version 1), misaligned.
-            _scribble(ring.name, SIDES[0] + 128, (123457).to_bytes(8, "little"))
-            with pytest.raises(CorruptedError):
-                await getter
+            # The cursor each side's readiness test reads, misaligned: the
+            # producers' published tail, the consumers' published free.
+            _scribble(empty.name, lib.PYIPC_OFF_PROD_TAIL, (123457).to_bytes(8, "little"))
+            _scribble(full.name, lib.PYIPC_OFF_CONS_FREE, (123457).to_bytes(8, "little"))
+            for task in (getter, putter):
+                with pytest.raises(CorruptedError):
+                    await task
             # Found by the periodic readiness check, not by a wake.
             assert time.monotonic() - t < 10 * _reactor.AUDIT_INTERVAL
-            with pytest.raises(CorruptedError):
-                await full.put_async(b"x", timeout=5)
 
         asyncio.run(main())
 

@@ -18,7 +18,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 TEST_C = CSRC / "tests" / "test_waitset.c"
-SOURCES = [str(CSRC / n) for n in ("waitset.c", "forksafe.c", "ring.c")]
+# The waitset, and the ring's sources for pyipc_ring_arm's test (the same
+# list as test_c_core.py's).
+SOURCES = [
+    str(CSRC / n)
+    for n in ("waitset.c", "ring.c", "ring_lease.c", "ring_repair.c", "lock.c", "owner.c", "segment.c", "forksafe.c")
+]
 
 GCC = shutil.which("gcc")
 BASE_FLAGS = ["-std=gnu11", "-D_GNU_SOURCE", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]

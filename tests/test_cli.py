@@ -86,8 +86,9 @@ def test_ls_lists_a_ring_with_live_creator(shm_name: Callable[[], str], junk: st
             fields = line.split()
             assert fields[1] == str(ring.capacity)
             assert fields[2] == "2"
-            assert fields[4] == str(os.getpid())
-            assert fields[5] == "yes"
+            assert fields[4] == "0"  # no open leases
+            assert fields[5] == str(os.getpid())
+            assert fields[6] == "yes"
             assert junk not in p.stdout
 
 
@@ -139,7 +140,7 @@ def test_info_shows_header_and_counters(shm_name: Callable[[], str]) -> None:
 def test_info_errors(shm_name: Callable[[], str], junk: str) -> None:
     """info: a missing ring and a corrupted one exit 1, a malformed name exits 2, all without tracebacks."""
     assert_clean_error(run("info", shm_name()), 1, "no ring named")
-    assert_clean_error(run("info", junk), 1, "not a valid pyipc ring")
+    assert_clean_error(run("info", junk), 1, "is not a pyipc segment")
     assert_clean_error(run("info", "a/b"), 2, "invalid ring name")
 
 

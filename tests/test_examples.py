@@ -21,7 +21,18 @@ EXPECTED = {
         r"asyncio_service: the heartbeat ticked \d+ times",
         r"asyncio_service: served 100 requests from 2 clients, clients ok: True",
     ],
+    "rpc_worker_pool.py": [
+        r"rpc_worker_pool: 50 calls, 5133 primes below 50000, [2-9] servers used, "
+        r"exit codes \[0\]",
+    ],
 }
+
+# Examples that make no Queue; their RPC rings are looked for by name.
+NO_QUEUES = {"rpc_worker_pool.py"}
+
+
+def _rpc_rings() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("pyipc-rpc-")}
 
 # Runs an example as __main__ under a chosen start method, and reports on
 # stderr the name of every Queue the program creates, so that the test can
@@ -57,6 +68,7 @@ def test_every_example_is_covered() -> None:
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs_and_cleans_up(script: str, method: str) -> None:
     """The example exits 0, prints its result, and removes all its queues."""
+    rings_before = _rpc_rings()
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, method, str(EXAMPLES / script)],
         capture_output=True,
@@ -67,7 +79,8 @@ def test_example_runs_and_cleans_up(script: str, method: str) -> None:
     assert proc.returncode == 0, proc.stderr
     for pattern in EXPECTED[script]:
         assert re.search(pattern, proc.stdout), proc.stdout
+    assert not _rpc_rings() - rings_before, "RPC rings left in /dev/shm"
     names = re.findall(r"^created-queue (\S+)$", proc.stderr, flags=re.MULTILINE)
-    assert names, proc.stderr
+    assert names or script in NO_QUEUES, proc.stderr
     left = [n for n in names if os.path.exists(f"/dev/shm/{n}")]
     assert not left, f"left in /dev/shm: {left}"

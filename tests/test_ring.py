@@ -46,12 +46,15 @@ def test_create_attach_roundtrip(shm_name):
 
 
 def test_capacity_rounds_up_and_max_message_size(shm_name):
-    """Capacity is rounded up to a power of two and max_message_size always fits."""
+    """Capacity is rounded up to a power of two of at least a page, and max_message_size always fits."""
+    page = os.sysconf("SC_PAGESIZE")
     with RingBuffer(shm_name(), create=True, capacity=1000) as r:
-        assert r.capacity == 1024
-        assert r.max_message_size == 1024 - 8
+        assert r.capacity == page
+    with RingBuffer(shm_name(), create=True, capacity=page + 1) as r:
+        assert r.capacity == 2 * page
+        assert r.max_message_size == 2 * page - 8
         # Whatever the cursors' positions, a max-size message fits an empty ring.
-        for shift in range(0, 64, 8):
+        for shift in range(0, 2 * page, 136):
             r.put(b"x" * shift)
             r.get()
             r.put(b"y" * r.max_message_size, block=False)
@@ -509,3 +512,27 @@ def test_put_many_large_items_one_by_one(shm_name):
         with pytest.raises(TypeError):
             r.put_many([b"x" * 300_000, "not bytes"])
         assert r.empty()  # nothing was queued before the TypeError
+
+
+@pytest.mark.timeout(30)
+def test_repair_refuses_a_lock_that_may_be_held(shm_name):
+    """repair() never takes a lock from a holder that may live: OSError(EBUSY), nothing changed."""
+    import errno
+    import mmap
+    import struct
+
+    from pyipc._core import lib
+
+    with RingBuffer(shm_name(), create=True) as ring:
+        ring.put(b"kept")
+        with open(f"/dev/shm/{ring.name}", "r+b") as f:
+            seg = mmap.mmap(f.fileno(), 4096)
+        try:
+            struct.pack_into("<I", seg, lib.PYIPC_OFF_PROD_LOCK, lib.PYIPC_OWNER_UNKNOWN)
+            with pytest.raises(OSError) as info:
+                ring.repair()
+            assert info.value.errno == errno.EBUSY
+            struct.pack_into("<I", seg, lib.PYIPC_OFF_PROD_LOCK, 0)
+        finally:
+            seg.close()
+        assert ring.get_nowait() == b"kept"

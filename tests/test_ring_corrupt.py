@@ -22,16 +22,19 @@ from typing import Callable, Iterable, List, Tuple
 import pytest
 
 from pyipc import CorruptedError, RingBuffer
+from pyipc._core import lib
 
-# The header layout, version 1 (see csrc/ring.c): what the attach tests
-# alter.  Each side (producers at 128, consumers at 384) starts with its
-# lock word (owner thread id) and the owner's start time, bytes 0..15; its
-# cursor and counters follow on the next cache line (+128).
-OFF_MAGIC, OFF_VERSION, OFF_HDR_SIZE, OFF_CAPACITY, OFF_MAX_MSG = 0, 8, 12, 16, 24
+# The header layout, as the build says it is (csrc/layout.h checks these
+# numbers against the C structures): what the attach tests alter.
+OFF_MAGIC, OFF_VERSION, OFF_KIND = lib.PYIPC_OFF_MAGIC, lib.PYIPC_OFF_VERSION, lib.PYIPC_OFF_KIND
+OFF_HDR_SIZE, OFF_CAPACITY, OFF_MAX_MSG = lib.PYIPC_OFF_HDR_SIZE, lib.PYIPC_OFF_CAPACITY, lib.PYIPC_OFF_MAX_MSG
+OFF_MAX_MESSAGES = lib.PYIPC_OFF_MAX_MESSAGES
 HDR_PAGE = 4096
-SIDES = (128, 384)
+SIDES = (lib.PYIPC_OFF_PROD_LOCK, lib.PYIPC_OFF_CONS_LOCK)
+# Each side's private line: its lock word, lease count and own cursor.
 LOCK_WORDS = [(side, side + 16) for side in SIDES]
-FIELDS_END = 640  # everything the header holds lies before this offset
+# Everything the header holds lies before this offset (the lease tables last).
+FIELDS_END = lib.PYIPC_OFF_VIEWS + lib.PYIPC_MAX_LEASES * lib.PYIPC_LEASE_SIZE
 
 VICTIM = r'''
 import random, sys, time
@@ -235,15 +238,21 @@ def test_attach_unaltered_ring_works(shm_name: Callable[[], str]) -> None:
     "change",
     [
         pytest.param(set_u64(OFF_MAGIC, 0x1122334455667788), id="wrong-magic"),
-        pytest.param(set_u32(OFF_VERSION, 2), id="wrong-version"),
+        pytest.param(set_u32(OFF_VERSION, 1), id="layout-version-1"),
+        pytest.param(set_u32(OFF_VERSION, 3), id="layout-version-3"),
         pytest.param(set_u32(OFF_VERSION, 0), id="version-zero"),
-        pytest.param(set_u32(OFF_HDR_SIZE, 8192), id="wrong-header-size"),
+        pytest.param(set_u32(OFF_KIND, 0), id="kind-zero"),
+        pytest.param(set_u32(OFF_KIND, 2), id="kind-topic"),
+        pytest.param(set_u64(OFF_HDR_SIZE, 8192), id="wrong-header-size"),
+        pytest.param(set_u64(OFF_HDR_SIZE, 0), id="header-size-zero"),
         pytest.param(set_u64(OFF_CAPACITY, 1 << 15), id="capacity-larger-than-file"),
         pytest.param(set_u64(OFF_CAPACITY, 1 << 13), id="capacity-smaller-than-file"),
         pytest.param(set_u64(OFF_CAPACITY, (1 << 14) - 8), id="capacity-not-power-of-two"),
         pytest.param(set_u64(OFF_CAPACITY, 0), id="capacity-zero"),
         pytest.param(set_u64(OFF_CAPACITY, 1 << 63), id="capacity-huge"),
         pytest.param(set_u64(OFF_MAX_MSG, 1 << 14), id="max-message-size-too-big"),
+        pytest.param(set_u64(OFF_MAX_MSG, 100), id="max-message-size-too-small"),
+        pytest.param(set_u64(OFF_MAX_MESSAGES, 1 << 40), id="max-messages-impossible"),
         pytest.param(truncate(HDR_PAGE + 1000), id="truncated-data"),
         pytest.param(truncate(HDR_PAGE), id="truncated-to-header"),
         pytest.param(truncate(100), id="truncated-into-header"),
@@ -254,6 +263,22 @@ def test_attach_rejects_altered_ring(shm_name: Callable[[], str], change: Callab
     """A ring whose magic, version or geometry disagrees with its file raises CorruptedError."""
     name = altered(shm_name, change)
     with pytest.raises(CorruptedError):
+        RingBuffer(name)
+
+
+@pytest.mark.timeout(20)
+def test_attach_message_says_which_layout_version(shm_name: Callable[[], str]) -> None:
+    """A segment of layout version 1 is refused with a message that names the version."""
+    name = altered(shm_name, set_u32(OFF_VERSION, 1))
+    with pytest.raises(CorruptedError, match="layout version 1"):
+        RingBuffer(name)
+
+
+@pytest.mark.timeout(20)
+def test_attach_message_says_it_is_a_topic(shm_name: Callable[[], str]) -> None:
+    """A segment that says it is a topic is refused as one, by name."""
+    name = altered(shm_name, set_u32(OFF_KIND, lib.PYIPC_KIND_TOPIC))
+    with pytest.raises(CorruptedError, match="topic"):
         RingBuffer(name)
 
 

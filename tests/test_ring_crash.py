@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from pyipc import Empty, Full, RingBuffer
+from pyipc._core import lib
 
 # A message: producer id, sequence, payload length, payload CRC, header CRC,
 # then the payload.  The two CRCs catch a torn or half-written message.
@@ -38,11 +39,11 @@ TORN = 0xFFFFFFFF  # a report with this producer id marks a torn message
 GET_MANY = 4  # the largest batch a consumer child takes in one call
 BIG = 2 << 20  # "big" messages: their copy holds a lock for a while
 
-# Where the locks live (layout version 1): the producers' lock word at offset
-# 128 of the segment, the consumers' at 384.  It holds the owner's thread id
-# in its low 30 bits; a worker is single threaded, so that is its pid.
-LOCK_OFFSETS = (128, 384)
-TID_MASK = 0x3FFFFFFF
+# Where the locks live, as the build says: a lock word holds its holder's
+# owner id (one per attached handle; each worker reports its own), plus a
+# flag bit once somebody sleeps on it.
+LOCK_OFFSETS = (lib.PYIPC_OFF_PROD_LOCK, lib.PYIPC_OFF_CONS_LOCK)
+ID_MASK = ~lib.PYIPC_LOCK_WAITERS & 0xFFFFFFFF
 
 WORKER = r'''
 import os, random, struct, sys, zlib
@@ -58,6 +59,8 @@ role, name, ident, seed, out, sizes = sys.argv[1:7]
 ident = int(ident)
 rng = random.Random(int(seed))
 ring = RingBuffer(name)
+with open(out + ".owner", "w") as f:
+    f.write(str(ring.info()["owner"]))
 fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 pool = rng.randbytes(BIG + (1 << 20))
 
@@ -176,6 +179,13 @@ class Children:
         err = p.stderr.read().decode(errors="replace") if p.stderr else ""
         return f"{role} {ident} ended with {p.returncode} before it was killed:\n{err}"
 
+    def owner(self, i: int) -> Optional[int]:
+        """Child i's owner id in the ring, once it has attached."""
+        try:
+            return int((self.procs[i][3].parent / (self.procs[i][3].name + ".owner")).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def alive(self, i: int) -> bool:
         return self.procs[i][0].poll() is None
 
@@ -280,13 +290,15 @@ def kill_holding_lock(ring: RingBuffer, children: Children, i: int) -> None:
     copying when the signal arrives, which big messages make likely.  If it
     is never seen owning a lock in time, it is killed anyway.
     """
-    pid = children.procs[i][0].pid
     with open(f"/dev/shm/{ring.name}", "rb") as f:
         seg = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
     try:
         end = time.monotonic() + 5
         while time.monotonic() < end and children.alive(i):
-            if any(struct.unpack_from("<I", seg, off)[0] & TID_MASK == pid for off in LOCK_OFFSETS):
+            owner = children.owner(i)
+            if owner is not None and any(
+                struct.unpack_from("<I", seg, off)[0] & ID_MASK == owner for off in LOCK_OFFSETS
+            ):
                 break
     finally:
         seg.close()
