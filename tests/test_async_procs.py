@@ -436,3 +436,36 @@ def test_shutdown_by_another_process_wakes_waiters(shm_name: NameFactory) -> Non
             assert all(isinstance(e, ShutDown) for e in res), res
 
         asyncio.run(main())
+
+
+def _hold_view(name: str, ready: Any) -> None:
+    with RingBuffer(name) as r, r.view():
+        ready.set()
+        time.sleep(60)
+
+
+@pytest.mark.timeout(60)
+def test_dead_lease_holder_does_not_strand_an_async_put(shm_name: NameFactory) -> None:
+    """A put_async waiting for room that a view holds completes once the view's process is killed (a dead holder wakes nobody: the wait looks again)."""
+    with RingBuffer(shm_name(), create=True, capacity=4096) as ring:
+        ring.put(b"v" * ring.max_message_size)
+        ctx = mp.get_context("fork")
+        ready = ctx.Event()
+        p = ctx.Process(target=_hold_view, args=(ring.name, ready))
+        p.start()
+        try:
+            assert ready.wait(30)
+
+            async def main() -> None:
+                task = asyncio.ensure_future(ring.put_async(b"after"))
+                await asyncio.sleep(0.2)
+                assert not task.done()  # the view holds the room
+                os.kill(p.pid, signal.SIGKILL)
+                await asyncio.wait_for(task, 20)
+
+            asyncio.run(main())
+        finally:
+            if p.is_alive():
+                p.kill()
+            p.join()
+        assert ring.get(timeout=1) == b"after"
