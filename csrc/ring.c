@@ -66,6 +66,37 @@ void ring_lease_gone(struct pyipc_ring *r)
 		unmap_once(r);
 }
 
+/* Does a lock word or a lease of the ring name owner id `id`? */
+static int id_named(struct ring_hdr *h, uint32_t id)
+{
+	if ((atomic_load(&h->prod.lock) & ~LOCK_WAITERS) == id ||
+	    (atomic_load(&h->cons.lock) & ~LOCK_WAITERS) == id)
+		return 1;
+	for (int i = 0; i < PYIPC_MAX_LEASES; i++)
+		if (atomic_load(&h->reserves[i].owner) == id || atomic_load(&h->views[i].owner) == id)
+			return 1;
+	return 0;
+}
+
+/*
+ * A handle must not hold an id that a dead holder's lock or lease still
+ * names: that holder would look alive for as long as the handle lives, and
+ * its lock would never be taken over.  Ids come from a counter in the
+ * segment, which may have wrapped or been scribbled, so check, and claim
+ * another while the id is named (at most two locks and the leases can be).
+ * Async-signal-safe, for the forked child.
+ */
+static int claim_unnamed_id(struct pyipc_ring *r)
+{
+	for (int i = 0; i < 2 * PYIPC_MAX_LEASES + 3 && id_named(r->hdr, r->seg.owner); i++) {
+		int rc = seg_claim_again(&r->seg);
+
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /*
  * In a forked child: the threads that were inside calls on this handle did
  * not come along, and neither may the parent's file description (its lock
@@ -77,8 +108,11 @@ static void ring_after_fork(struct fork_hook *hook)
 
 	atomic_store(&r->users, 0);
 	atomic_store(&r->leases, 0);
-	if (!atomic_load(&r->unmapped))
+	if (!atomic_load(&r->unmapped)) {
 		seg_after_fork(&r->seg);
+		if (claim_unnamed_id(r))
+			r->seg.owner = OWNER_UNKNOWN;
+	}
 }
 
 static int handle_new(struct pyipc_ring **out)
@@ -88,15 +122,18 @@ static int handle_new(struct pyipc_ring **out)
 	if (!r)
 		return -ENOMEM;
 	r->seg.fd = -1;
+	r->seg.share_fd = -1;
 	r->fork.in_child = ring_after_fork;
 	*out = r;
 	return 0;
 }
 
-/* Copy the geometry into the handle and register for fork. */
+/* Copy the geometry into the handle, make sure of its owner id, and
+ * register for fork. */
 static int handle_map(struct pyipc_ring *r)
 {
 	struct ring_hdr *h = (struct ring_hdr *)r->seg.hdr;
+	int rc;
 
 	r->hdr = h;
 	r->data = r->seg.data;
@@ -106,7 +143,8 @@ static int handle_map(struct pyipc_ring *r)
 	r->cached_free = atomic_load(&h->cons.cursor);
 	r->cached_tail = atomic_load(&h->prod.cursor);
 	r->prod_epoch = r->cons_epoch = atomic_load(&h->seg.epoch);
-	return forksafe_add(&r->fork);
+	rc = claim_unnamed_id(r);
+	return rc ? rc : forksafe_add(&r->fork);
 }
 
 int pyipc_ring_create(const char *where, int flags, uint64_t capacity, uint64_t max_messages,
@@ -138,6 +176,79 @@ err_free:
 	return rc;
 }
 
+int pyipc_ring_create_anon(uint64_t capacity, uint64_t max_messages, pyipc_ring **out)
+{
+	struct pyipc_ring *r;
+	int rc = handle_new(&r);
+
+	if (rc)
+		return rc;
+	rc = seg_create_anon(&r->seg, capacity, sizeof(struct ring_hdr));
+	if (rc)
+		goto err_free;
+	r->max_messages = max_messages;
+	r->seg.hdr->max_msg = r->seg.cap - REC_HDR;
+	r->seg.hdr->max_messages = max_messages;
+	rc = handle_map(r);
+	if (rc) {
+		seg_detach(&r->seg);
+		goto err_free;
+	}
+	seg_publish(&r->seg, PYIPC_KIND_RING);
+	*out = r;
+	return 0;
+
+err_free:
+	free(r);
+	return rc;
+}
+
+/* Validate the ring-specific geometry of a just-attached segment. */
+static int ring_geometry(struct pyipc_ring *r, int flags)
+{
+	r->max_messages = r->seg.hdr->max_messages;
+	if (flags & PYIPC_SEG_REPAIR) {
+		if (r->max_messages > r->seg.cap / REC_HDR)
+			r->max_messages = 0; /* damaged: repair() writes 0 back */
+		return 0;
+	}
+	if (r->seg.hdr->max_msg != r->seg.cap - REC_HDR || r->max_messages > r->seg.cap / REC_HDR)
+		return -EBADMSG;
+	return 0;
+}
+
+int pyipc_ring_attach_fd(int fd, pyipc_ring **out)
+{
+	struct pyipc_ring *r;
+	int rc = handle_new(&r);
+
+	if (rc)
+		return rc;
+	rc = seg_attach_fd(&r->seg, fd, PYIPC_KIND_RING, sizeof(struct ring_hdr));
+	if (rc)
+		goto err_free;
+	rc = ring_geometry(r, 0);
+	if (!rc)
+		rc = handle_map(r);
+	if (rc) {
+		seg_detach(&r->seg);
+		goto err_free;
+	}
+	*out = r;
+	return 0;
+
+err_free:
+	free(r);
+	return rc;
+}
+
+int pyipc_ring_share_fd(const pyipc_ring *r)
+{
+	if (atomic_load(&r->closing))
+		return -EBADF;
+	return r->seg.share_fd >= 0 ? r->seg.share_fd : -ENOTSUP;
+}
+
 int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out)
 {
 	struct pyipc_ring *r;
@@ -149,15 +260,9 @@ int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out)
 	if (rc)
 		goto err_free;
 	/* The rest of the geometry; read once, like the shared part. */
-	r->max_messages = r->seg.hdr->max_messages;
-	if (flags & PYIPC_SEG_REPAIR) {
-		if (r->max_messages > r->seg.cap / REC_HDR)
-			r->max_messages = 0; /* damaged: repair() writes 0 back */
-	} else if (r->seg.hdr->max_msg != r->seg.cap - REC_HDR ||
-		   r->max_messages > r->seg.cap / REC_HDR) {
-		rc = -EBADMSG;
+	rc = ring_geometry(r, flags);
+	if (rc)
 		goto err_detach;
-	}
 	rc = handle_map(r);
 	if (rc)
 		goto err_detach;

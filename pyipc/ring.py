@@ -38,6 +38,7 @@ DEFAULT_CAPACITY = 1 << 20
 MAX_CAPACITY = 1 << 32
 _FIRST_BUFFER = 64 * 1024  # receive buffers start here and grow on demand
 _JOIN_MAX = 256 * 1024  # put_many joins batches up to this many bytes
+_ANON = -1  # the _flags of a ring with no name
 _RC_ENOSPC = -28
 _RC_ESTALE = -116
 
@@ -46,6 +47,13 @@ _c_put = lib.pyipc_ring_put
 _c_get = lib.pyipc_ring_get
 _c_get_many = lib.pyipc_ring_get_many
 _c_copy = lib.pyipc_copy
+_c_reserve = lib.pyipc_ring_reserve
+_c_view = lib.pyipc_ring_view
+_LEASE = ffi.typeof("struct pyipc_lease *")
+
+
+def _new_lease() -> Any:
+    return ffi.new(_LEASE)
 _from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 _NULL = ffi.NULL
@@ -200,6 +208,40 @@ class RingBuffer:
                 raise ValueError("'name' or 'path' is required to attach to an existing ring")
             self._attach(name, path, 0)
 
+    @classmethod
+    def _anonymous(cls, capacity: Optional[int] = None, max_messages: int = 0) -> "RingBuffer":
+        """A ring with no name (a sealed memfd): never in ``/dev/shm``, and
+        other processes attach only through its descriptor, passed to them
+        over a UNIX socket (``_share_fd``, ``_from_fd``), which needs no
+        permission on any file.  For ``pyipc.rpc``."""
+        cap = DEFAULT_CAPACITY if capacity is None else _int_arg(capacity, "capacity", 1, MAX_CAPACITY)
+        max_messages = _int_arg(max_messages, "max_messages", 0, MAX_CAPACITY // 8)
+        ring = cls.__new__(cls)
+        ring._h = None
+        ring._bufs = []
+        out = ffi.new("pyipc_ring **")
+        ring._adopt(lib.pyipc_ring_create_anon(cap, max_messages, out), out, b"", _ANON, "<anonymous>")
+        return ring
+
+    @classmethod
+    def _from_fd(cls, fd: int) -> "RingBuffer":
+        """Attach to a ring with no name through a descriptor another
+        process passed us (the caller keeps ``fd``)."""
+        ring = cls.__new__(cls)
+        ring._h = None
+        ring._bufs = []
+        out = ffi.new("pyipc_ring **")
+        rc = lib.pyipc_ring_attach_fd(operator.index(fd), out)
+        if rc == _EBADMSG:
+            raise CorruptedError(f"descriptor {fd} is not a pyipc ring")
+        ring._adopt(rc, out, b"", _ANON, "<anonymous>")
+        return ring
+
+    def _share_fd(self) -> int:
+        """The descriptor of a ring with no name, to pass to another process
+        (borrowed: valid while this handle is open)."""
+        return self._retry(lib.pyipc_ring_share_fd, self._handle())
+
     def _attach(self, name: Optional[str], path: Any, extra_flags: int) -> None:
         where, flags, shown = _where(name, path)
         out = ffi.new("pyipc_ring **")
@@ -219,7 +261,7 @@ class RingBuffer:
         self._name = shown
         self._where = where
         self._flags = flags
-        self._path = shown if flags else None
+        self._path = shown if flags != _ANON and flags & lib.PYIPC_SEG_PATH else None
         self._capacity = int(lib.pyipc_ring_capacity(self._h))
         self._max_message_size = int(lib.pyipc_ring_max_message_size(self._h))
         self._max_messages = int(lib.pyipc_ring_max_messages(self._h))
@@ -228,8 +270,9 @@ class RingBuffer:
 
     @property
     def name(self) -> Optional[str]:
-        """The segment's name, without the leading ``/`` (``None`` for a ring in a file)."""
-        return None if self._path is not None else self._name
+        """The segment's name, without the leading ``/`` (``None`` for a ring
+        in a file, or one with no name)."""
+        return None if self._path is not None or self._flags == _ANON else self._name
 
     @property
     def path(self) -> Optional[str]:
@@ -416,24 +459,25 @@ class RingBuffer:
         self._handle()
         return Reservation(self, size, block, timeout)
 
-    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int]:
-        """Reserve ``size`` bytes: (C handle, char * to write at, slot, position)."""
+    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any]:
+        """Reserve ``size`` bytes: (C handle, ``struct pyipc_lease *``)."""
         h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        ptr = ffi.new("unsigned char **")
-        slot = ffi.new("uint32_t *")
-        pos = ffi.new("uint64_t *")
-        self._retry(lib.pyipc_ring_reserve, h, size, d, ptr, slot, pos, op=_PUT, size=size)
-        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0])
+        lease = _new_lease()
+        rc = _c_reserve(h, size, d, lease)
+        if rc:
+            self._again(rc, _c_reserve, h, size, d, lease, op=_PUT, size=size)
+        return h, lease
 
     def _put_gather(self, parts: Sequence[Any], block: bool, timeout: Optional[float]) -> None:
         """Put one message made of several bytes-like parts, copying each
         straight into a reservation (no joined copy).  For Queue."""
         bufs = [_bytes_like(p) for p in parts]
         total = sum(len(b) for b in bufs)
-        h, ptr, slot, pos = self._reserve_raw(total, block, timeout)
+        h, lease = self._reserve_raw(total, block, timeout)
         publish = 0
         try:
+            ptr = lease.ptr
             off = 0
             for b in bufs:
                 n = len(b)
@@ -441,7 +485,7 @@ class RingBuffer:
                 off += n
             publish = 1
         finally:
-            while lib.pyipc_ring_commit(h, slot, pos, total, publish) == _EINTR:
+            while lib.pyipc_ring_commit(h, lease, publish) == _EINTR:
                 pass
 
     # ---- consuming -------------------------------------------------------
@@ -590,15 +634,15 @@ class RingBuffer:
         self._handle()
         return View(self, 0, block, timeout)
 
-    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int, int]:
-        """Take the oldest message as a lease: (C handle, char *, slot, position, length)."""
+    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any]:
+        """Take the oldest message as a lease: (C handle, ``struct pyipc_lease *``)."""
         h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        ptr = ffi.new("unsigned char **")
-        slot = ffi.new("uint32_t *")
-        pos = ffi.new("uint64_t *")
-        n = self._retry(lib.pyipc_ring_view, h, d, ptr, slot, pos, op=_GET)
-        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0]), n
+        lease = _new_lease()
+        rc = _c_view(h, d, lease)
+        if rc < 0:
+            self._again(rc, _c_view, h, d, lease, op=_GET)
+        return h, lease
 
     # ---- asyncio ---------------------------------------------------------
     #
@@ -738,9 +782,20 @@ class RingBuffer:
     def check(self) -> int:
         """Walk and validate every queued record; return how many there are.
 
-        Read-only.  Raises ``CorruptedError`` if anything fails validation.
+        Read-only.  Raises ``CorruptedError`` if anything fails validation,
+        ``TimeoutError`` if the consumers' lock stays held (by a live process
+        in a long copy, or because its word was written over).
         """
-        return self._retry(lib.pyipc_ring_check, self._handle())
+        h = self._handle()
+        rc = lib.pyipc_ring_check(h)
+        while rc == _EINTR:
+            rc = lib.pyipc_ring_check(h)
+        if rc == _ETIMEDOUT:
+            raise TimeoutError(
+                f"ring {self._name!r}: the consumers' lock stayed held (by a live process, or its "
+                "word was written over), so check() could not walk the records"
+            )
+        return self._again(rc, lib.pyipc_ring_check, h)
 
     def repair(self) -> int:
         """Make a ring that fails validation usable again; return how many
@@ -791,6 +846,8 @@ class RingBuffer:
 
         Raises ``FileNotFoundError`` if the name is already gone.
         """
+        if self._flags == _ANON:
+            raise ValueError("a ring with no name has nothing to unlink")
         rc = lib.pyipc_seg_unlink(self._where, self._flags)
         if rc < 0:
             raise error_from(rc, self._name)
@@ -803,6 +860,8 @@ class RingBuffer:
 
     def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         # Pickles by name (or path): the receiving process attaches anew.
+        if self._flags == _ANON:
+            raise TypeError("a ring with no name cannot be pickled: pass its descriptor instead")
         return (_attach, (self.name, self._path))
 
 
