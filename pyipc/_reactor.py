@@ -20,8 +20,8 @@ and a waitset's life ends with its loop's.  A process with several loops (in
 several threads) has one set of helpers per loop that waits.  A forked child
 gets new waitsets on first use (helper threads do not survive ``fork``).
 
-Internal API, also for other pyipc layers (the RPC client awaits replies on
-a ring with it):
+Internal API, also for other pyipc layers (an RPC client awaiting replies
+on a ring, for one):
 
 * ``await wait_ring(ring, for_space, need, deadline)`` waits until a get
   (``for_space=False``) or a put of ``need`` bytes (``for_space=True``) on a
@@ -164,7 +164,20 @@ def _resolve(fut: "asyncio.Future[int]", how: int) -> None:
 class Reactor:
     """The waitset of one event loop (see the module docstring)."""
 
-    __slots__ = ("_ws", "_fd", "_waiters", "_next", "_buf", "_word", "_val", "_slot", "_audit", "_loop_ref", "__weakref__")
+    __slots__ = (
+        "_ws",
+        "_fd",
+        "_waiters",
+        "_next",
+        "_buf",
+        "_word",
+        "_val",
+        "_slot",
+        "_audit",
+        "_loop_ref",
+        "pid",
+        "__weakref__",
+    )
 
     _BATCH = 64
 
@@ -186,6 +199,7 @@ class Reactor:
         self._slot = ffi.new("uint32_t *")
         self._audit: Optional[asyncio.TimerHandle] = None
         self._loop_ref = weakref.ref(loop)
+        self.pid = _pid
         loop.add_reader(self._fd, self._on_ready)
 
     @property
@@ -309,7 +323,9 @@ class WaitGuard:
             waits, self.waits = self.waits, set()
             for r, w in waits:
                 r._remove(w)
-        for _, w in waits:
+        for r, w in waits:
+            if r.pid != _pid:
+                continue  # a forked child's copy of its parent's wait: nobody awaits it here
             loop = w.fut.get_loop()
             try:
                 loop.call_soon_threadsafe(_resolve, w.fut, WOKEN)
