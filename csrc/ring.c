@@ -931,6 +931,8 @@ int pyipc_ring_arm(pyipc_ring *r, int for_space, uint64_t need, uint32_t **word,
 	atomic_thread_fence(memory_order_seq_cst);
 	if (ready(r, w, need) || stop_waiting(r))
 		goto out;
+	/* A sleep, for stats(), as in sleep_until_ready(). */
+	atomic_fetch_add_explicit(for_space ? &h->prod.waits : &h->cons.waits, 1, memory_order_relaxed);
 	*word = (uint32_t *)evt;
 	/* 2: armed, but a lease whose holder may die is in the way: a dead
 	 * holder wakes nobody, so arm again within LEASE_CHECK_NS. */

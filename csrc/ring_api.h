@@ -166,8 +166,13 @@ int pyipc_ring_release(pyipc_ring *r, const struct pyipc_lease *l);
  * a message of `need` bytes (for_space 1), would not block now, or the
  * ring is shut down.  Otherwise announce a sleeper on the event count the
  * other side bumps and return 0 with *word and *val set: sleep while
- * *word == *val (FUTEX_WAIT or futex_waitv, shared, not private).
- * -EBADF on a closed handle. */
+ * *word == *val (FUTEX_WAIT or futex_waitv, shared, not private).  2: the
+ * same, but a lease whose holder may die is in the way, and a dead holder
+ * wakes nobody: arm again within 10 ms.  A segment scribbled into a ready
+ * state moves no word either: callers also poll readiness now and then
+ * (pyipc_ring_wait with deadline 0), as the slices of the synchronous
+ * waits do.  *word points into the mapping: stop every use of it before
+ * pyipc_ring_close().  -EBADF on a closed handle. */
 int pyipc_ring_arm(pyipc_ring *r, int for_space, uint64_t need, uint32_t **word, uint32_t *val);
 /* Wait until a get (for_space 0) or a put of `need` bytes (for_space 1)
  * would not block, without taking or giving anything. */

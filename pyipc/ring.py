@@ -11,16 +11,15 @@ slice or maps a C code to an exception goes through ``_retry`` and
 """
 from __future__ import annotations
 
-import asyncio
 import errno
 import operator
 import os
 import secrets
-import time
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
+from . import _reactor
 from ._core import ffi, lib
-from ._util import FOREVER, deadline, shm_name
+from ._util import FOREVER, NOWAIT as _NOWAIT, deadline, shm_name
 from .errors import CorruptedError, Empty, Full, IPCError, MessageTooLarge, ShutDown, error_from
 from .errors import (
     RC_EINTR as _EINTR,
@@ -178,6 +177,7 @@ class RingBuffer:
         "_max_message_size",
         "_max_messages",
         "_bufs",
+        "_aio",
         "__weakref__",
     )
 
@@ -255,6 +255,9 @@ class RingBuffer:
                 raise corrupted(where, flags, shown)
             raise error_from(rc, shown)
         self._h = ffi.gc(out[0], lib.pyipc_ring_free)
+        # The asyncio waits on this handle's words (a _reactor.WaitGuard),
+        # made by the first one.
+        self._aio: Any = None
         self._name = shown
         self._where = where
         self._flags = flags
@@ -642,39 +645,102 @@ class RingBuffer:
         return h, lease
 
     # ---- asyncio ---------------------------------------------------------
+    #
+    # Each coroutine tries the non-blocking call on the loop's thread and,
+    # while it raises Empty/Full, waits for the ring's futex word through the
+    # loop's waitset (pyipc/_reactor.py): no thread per waiter, never the
+    # loop's executor.  A message is only ever taken by that non-blocking
+    # call, between two awaits, so cancelling a coroutine loses nothing.
 
     async def get_async(self, timeout: Optional[float] = None) -> bytes:
         """Coroutine form of ``get``: waits without blocking the event loop.
 
-        The message itself is taken with ``get_nowait`` on the loop's
-        thread, so cancelling the coroutine never loses a message.
+        Cancelling it takes nothing off the ring.  Raises ``Empty`` when the
+        timeout expires, and what ``get`` raises (``ShutDown``,
+        ``ValueError`` if this handle is or gets closed, ``CorruptedError``).
         """
-        return await self._async_op(False, 0, timeout, self.get_nowait)  # type: ignore[no-any-return]
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        h = self._h
+        if h is not None:
+            # The common case, a message already there, without the retry
+            # loop's coroutine: get()'s fast path, with NOWAIT.
+            bufs = self._bufs
+            rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
+            n = _c_get(h, rbuf[0], rbuf[1], _NOWAIT, rbuf[2])
+            if n >= 0:
+                data: bytes = _unpack(rbuf[0], n)
+                bufs.append(rbuf)
+                return data
+            bufs.append(rbuf)
+        return await _reactor.retry(self, False, 0, d, self.get_nowait)
 
     async def put_async(self, data: Any, timeout: Optional[float] = None) -> None:
         """Coroutine form of ``put``: waits for room without blocking the loop.
 
-        Cancelling it before it returns leaves nothing queued.  Raises as
-        ``put`` (``Full`` when the timeout expires).
+        Cancelling it before it returns leaves nothing queued.  Raises
+        ``Full`` when the timeout expires, and what ``put`` raises.
         """
-        size = len(_bytes_like(data))
-        if size > self._max_message_size:
-            raise MessageTooLarge(f"{size} bytes is more than max_message_size ({self._max_message_size})")
-        await self._async_op(True, size, timeout, lambda: self.put(data, False))
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        buf = _bytes_like(data)
+        size = len(buf)
+        h = self._h
+        if h is not None and _c_put(h, buf, size, _NOWAIT, _NULL) == 0:
+            return  # room at once: the common case, without the retry loop
 
-    async def _async_op(self, for_space: bool, size: int, timeout: Optional[float], attempt: Any) -> Any:
+        def attempt() -> None:
+            h = self._h
+            if h is None:
+                raise _closed()
+            rc = _c_put(h, buf, size, _NOWAIT, _NULL)
+            while rc == _EINTR:
+                rc = _c_put(h, buf, size, _NOWAIT, _NULL)
+            if rc:
+                raise self._error(rc, _PUT, size)
+
+        await _reactor.retry(self, True, size, d, attempt)
+
+    async def get_many_async(self, max_messages: int, timeout: Optional[float] = None) -> List[bytes]:
+        """Coroutine form of ``get_many``: wait for at least one message, then
+        return up to ``max_messages`` without waiting for more.
+
+        Cancelling it takes nothing.  Raises ``Empty`` when the timeout
+        expires, and what ``get_many`` raises.
+        """
+        max_messages = operator.index(max_messages)
+        if max_messages < 1:
+            raise ValueError("'max_messages' must be >= 1")
+        return await _reactor.retry(
+            self, False, 0, deadline(True, timeout), lambda: self.get_many(max_messages, False)
+        )
+
+    async def put_many_async(self, items: Iterable[Any], timeout: Optional[float] = None) -> int:
+        """Coroutine form of ``put_many``: enqueue the messages in order, as
+        many per lock round trip as fit, waiting for room between batches.
+
+        Returns how many were enqueued: all, unless the timeout expired
+        first (as ``put_many``, it then returns the count, it does not raise
+        ``Full``).  If the coroutine is cancelled, the messages enqueued
+        before that stay queued and the others are not: always a prefix of
+        ``items``, each message once.  Raises what ``put_many`` raises.
+        """
+        if not isinstance(items, (list, tuple)):
+            items = list(items)
+        sizes = [len(x) if type(x) is bytes else memoryview(x).nbytes for x in items]
         d = deadline(True, timeout)
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                return attempt()
-            except (Empty, Full):
-                if d != FOREVER and time.monotonic_ns() >= d:
-                    raise
-            h = self._handle()
-            rc = await loop.run_in_executor(None, lib.pyipc_ring_wait, h, for_space, size, d)
-            if rc < 0 and rc not in (_EINTR, _ETIMEDOUT, _EAGAIN):
-                raise self._error(rc)
+        total = len(items)
+        queued = 0
+
+        def attempt() -> None:
+            nonlocal queued
+            queued += self.put_many(items[queued:] if queued else items, False)
+            if queued < total:
+                raise Full("no room in the ring")
+
+        try:
+            await _reactor.retry(self, True, lambda: sizes[queued], d, attempt)
+        except Full:
+            pass  # the timeout: return how many went in
+        return queued
 
     # ---- state -----------------------------------------------------------
 
@@ -768,6 +834,11 @@ class RingBuffer:
             return
         self._h = None
         self._bufs = []
+        # Before the unmap: take this handle's words out of every event
+        # loop's waitset, and wake those coroutines (they raise ValueError).
+        guard = self._aio
+        if guard is not None:
+            guard.close()
         lib.pyipc_ring_close(h)
 
     def unlink(self) -> None:
