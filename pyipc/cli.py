@@ -243,8 +243,11 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     except IsADirectoryError:
         raise _OperationalError(f"{args.name!r} is a directory, not a ring") from None
     with ring:
-        dropped = ring.repair()
-        queued = ring.check()
+        try:
+            dropped = ring.repair()
+            queued = ring.check()
+        except (OSError, CorruptedError) as exc:  # a lock a live holder keeps (EBUSY)
+            raise _OperationalError(getattr(exc, "strerror", None) or str(exc)) from None
     print(f"repaired {args.name}: dropped {dropped} message{'s' if dropped != 1 else ''}, "
           f"{queued} still queued")
     return EXIT_OK
