@@ -361,3 +361,61 @@ def test_wrong_direction() -> None:
             w.recv(timeout=0)
         with pytest.raises(ValueError):
             w.recv_into(bytearray(4))
+
+
+def _wait_stopped(pid: int) -> bool:
+    """Wait until every thread of process ``pid`` is stopped (kill() returns
+    before they are)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                pass
+        if all(s in ("T", "t") for s in states):
+            return True
+        time.sleep(0.001)
+    return False
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["pipe", "duplex", "stream", "seqpacket", "dgram"])
+def test_fork_while_a_thread_is_blocked(kind: str, made: Made) -> None:
+    """A child forked while a parent thread is blocked in recv on a channel
+    receives on it with a timeout and without, and closes it; the parent's
+    thread goes on."""
+    import signal
+    import warnings
+
+    tx, rx = make_pair(kind, made)
+    got: List[bytes] = []
+    t = threading.Thread(target=lambda: got.append(rx.recv(timeout=30)))
+    t.start()
+    time.sleep(0.05)  # let it block (if not yet, fork comes first: also fine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            # Stop the parent, whose thread shares the descriptor and would
+            # take the child's messages.
+            os.kill(os.getppid(), signal.SIGSTOP)
+            if _wait_stopped(os.getppid()):
+                tx.send(b"child", timeout=5)
+                ok = rx.recv(timeout=5) == b"child"
+                tx.send(b"again", timeout=5)
+                ok = ok and rx.recv() == b"again"
+                rx.close()
+                code = 0 if ok and rx.closed else 2
+        finally:
+            os.kill(os.getppid(), signal.SIGCONT)
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    tx.send(b"parent")
+    t.join(30)
+    assert got == [b"parent"]
