@@ -41,6 +41,15 @@ def shm_name(name: str, what: str = "name") -> str:
     return bare
 
 
+def format_size(size: int) -> str:
+    """``65536`` -> ``"64 KiB"``; sizes that are not whole KiB stay in bytes."""
+    if size >= 1 << 20 and size % (1 << 20) == 0:
+        return f"{size >> 20} MiB"
+    if size >= 1024 and size % 1024 == 0:
+        return f"{size >> 10} KiB"
+    return f"{size} B"
+
+
 def check_int(value: Any, what: str, lo: int, hi: Optional[int] = None) -> int:
     """Return ``value`` as an int if ``lo <= value <= hi`` (no upper bound
     when ``hi`` is None).
