@@ -196,6 +196,10 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         except PermissionError:
             _say(f"permission denied: {name!r}")
             failed = True
+        except OSError as exc:
+            # A directory, say, where a segment should be.
+            _say(f"cannot remove {name!r}: {exc.strerror or exc}")
+            failed = True
         else:
             if args.verbose:
                 print(f"removed {name}")
@@ -340,4 +344,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED
-
+    except OSError as exc:
+        # What the system refused that no command foresaw: still one line.
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"{where}{exc.strerror or exc}")
+        return EXIT_ERROR

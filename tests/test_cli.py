@@ -297,6 +297,25 @@ def test_bench_list() -> None:
     assert {"mp-queue", "mp-pipe", "raw-pipe", "raw-socket", "iceoryx2"} <= set(names)
 
 
+@pytest.fixture
+def shm_dir(shm_name: Callable[[], str]) -> Iterator[str]:
+    """A directory in /dev/shm where a segment's name would be, removed after."""
+    name = shm_name()
+    os.mkdir(f"/dev/shm/{name}")
+    try:
+        yield name
+    finally:
+        os.rmdir(f"/dev/shm/{name}")
+
+
+@pytest.mark.parametrize("cmd", [["rm", "--force"], ["rm"], ["info"]])
+def test_directory_is_a_one_line_error(cmd: List[str], shm_dir: str) -> None:
+    """A directory where a segment should be is one `pyipc:` line and exit 1, never a traceback."""
+    p = run(*cmd, shm_dir)
+    assert_clean_error(p, 1, "pyipc: ")
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 def test_commands_other_than_bench_do_not_import_the_harness(shm_name: Callable[[], str]) -> None:
     """`pyipc ls`, `info` and `rm` leave the benchmark harness unimported."""
     code = (
