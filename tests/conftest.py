@@ -3,9 +3,35 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Callable, Iterator
+from typing import Callable, Iterator, List
 
 import pytest
+
+# The quick subset (pytest -m quick): what .ci/run runs again on every other
+# Python the package claims, where what differs is the build, the syntax and
+# typing the package may use, and the standard library (pickling,
+# multiprocessing, asyncio, queue).  Kept to about a minute: these modules
+# whole, plus the tests marked @pytest.mark.quick where they are; the C
+# programs, the crash and corruption stress and the benchmark runs, which
+# do not depend on the Python version, are not in it.
+QUICK_MODULES = {
+    "test_typing.py",
+    "test_ring.py",
+    "test_ring_model.py",
+    "test_queue.py",
+    "test_queue_mp.py",
+    "test_examples.py",
+    "test_channel_common.py",
+    "test_channel_pipe.py",
+    "test_channel_usock.py",
+    "test_channel_mq.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in QUICK_MODULES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.quick)
 
 
 @pytest.fixture

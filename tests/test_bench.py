@@ -21,11 +21,13 @@ def _bench_files() -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith("pyipc-bench-") and pid in f}
 
 
+@pytest.mark.quick
 def test_parse_sizes() -> None:
     """Sizes accept plain bytes and binary K/M suffixes, in any case."""
     assert runner.parse_sizes("64,4K,64k,1M,2KiB,3MB") == [64, 4096, 65536, 1 << 20, 2048, 3 << 20]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("text", ["", "4G", "K", "-1", "0", "1.5K", "64,,4K"])
 def test_parse_sizes_rejects(text: str) -> None:
     """Anything but a positive whole size with a known unit is a ValueError."""
@@ -33,12 +35,14 @@ def test_parse_sizes_rejects(text: str) -> None:
         runner.parse_sizes(text)
 
 
+@pytest.mark.quick
 def test_format_size() -> None:
     """Whole KiB and MiB are written as such, the rest in bytes."""
     assert [format_size(s) for s in (64, 1000, 4096, 1 << 20, 3 << 20, 1500 * 1024)] == [
         "64 B", "1000 B", "4 KiB", "1 MiB", "3 MiB", "1500 KiB"]
 
 
+@pytest.mark.quick
 def test_pick_cpus() -> None:
     """With two or more CPUs, producer and consumer get two different ones we may run on."""
     consumer, producer = CPUS
@@ -49,6 +53,7 @@ def test_pick_cpus() -> None:
         assert consumer in allowed and producer in allowed and consumer != producer
 
 
+@pytest.mark.quick
 def test_cells_skip_capped_and_object_transports() -> None:
     """Message queues skip sizes above 8 KiB with a reason; object rows run once; latency skips batches."""
     skipped: list[dict[str, Any]] = []
