@@ -326,6 +326,11 @@ int pyipc_chan_pending(pyipc_chan *c)
 	return c->ops->pending ? c->ops->pending(c) : 0;
 }
 
+int pyipc_chan_calls(pyipc_chan *c)
+{
+	return atomic_load(&c->users);
+}
+
 /* The mapping's length is kept in front of the buffer, a cache line away. */
 #define BUF_HDR 64
 

@@ -71,6 +71,8 @@ char *pyipc_buf_alloc(uint64_t size);
 void pyipc_buf_free(char *buf);
 /* 1 if a whole message is held by the handle, where poll() cannot see it. */
 int pyipc_chan_pending(pyipc_chan *c);
+/* Calls in progress on the handle now (a snapshot, for tests and tools). */
+int pyipc_chan_calls(pyipc_chan *c);
 
 /* Send one message. */
 int pyipc_chan_send(pyipc_chan *c, const char *data, size_t len, int64_t deadline);

@@ -7,27 +7,18 @@ import stat
 import subprocess
 import sys
 import textwrap
-from typing import Callable, Iterator, List
+from typing import Any, Callable, List
 
 import pytest
 
 import pyipc
-from chan_helpers import mq_name
 from pyipc._core import lib
 
 
 @pytest.fixture
-def qname() -> Iterator[Callable[[], str]]:
+def qname(channels: Any) -> Callable[[], str]:
     """Make unique queue names; every one is unlinked after the test."""
-    made: List[str] = []
-
-    def make() -> str:
-        made.append(mq_name())
-        return made[-1]
-
-    yield make
-    for n in made:
-        lib.pyipc_mq_unlink(("/" + n).encode())
+    return channels.queue_name  # type: ignore[no-any-return]
 
 
 def test_create_attach_attributes(qname: Callable[[], str]) -> None:

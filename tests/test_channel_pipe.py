@@ -8,8 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -17,14 +16,9 @@ import pyipc
 
 
 @pytest.fixture
-def fifo_path() -> Iterator[str]:
+def fifo_path(channels: Any) -> str:
     """A FIFO path in /tmp, removed after the test."""
-    path = f"/tmp/pyipc-fifo-{uuid.uuid4().hex[:10]}"
-    yield path
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    return channels.path(".fifo")  # type: ignore[no-any-return]
 
 
 def _run(code: str, timeout: float = 30, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -99,9 +93,15 @@ def test_sigpipe_handler_not_called() -> None:
     assert out.stdout.strip() == "0"
 
 
+def _state(pid: int) -> str:
+    """The state letter of process pid (R running, S sleeping, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("kind", ["pipe", "stream", "seqpacket", "dgram", "mq"])
-def test_ctrl_c_interrupts_blocked_recv(kind: str) -> None:
+def test_ctrl_c_interrupts_blocked_recv(kind: str, wait_until: Any) -> None:
     """SIGINT to a process blocked in recv(timeout=None) raises
     KeyboardInterrupt there (the process exits with it, not hung)."""
     code = f"""
@@ -125,9 +125,9 @@ def test_ctrl_c_interrupts_blocked_recv(kind: str) -> None:
     try:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
-        import time
-
-        time.sleep(0.3)
+        # The child has one thread, which after "ready" only sleeps in
+        # recv's wait: once asleep ('S'), it is blocked there.
+        wait_until(lambda: _state(p.pid) == "S")
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=10)
         assert out.strip() == "interrupted"
@@ -226,20 +226,15 @@ def test_garbage_stream_is_corrupted() -> None:
 def test_fifo_between_unrelated_processes(fifo_path: str) -> None:
     """Two unrelated processes talk through a named FIFO: the writer waits
     for the reader, messages keep their boundaries, the reader sees EOF."""
+    r = pyipc.open_fifo(fifo_path, "r", create=True)
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import pyipc
-        w = pyipc.open_fifo({fifo_path!r}, "w", create=True, timeout=20)
+        w = pyipc.open_fifo({fifo_path!r}, "w", timeout=20)
         for m in (b"", b"one", b"x" * 1000000):
             w.send(m)
         w.close()
     """)])
     try:
-        import time
-
-        t0 = time.monotonic()
-        while not os.path.exists(fifo_path) and time.monotonic() - t0 < 20:
-            time.sleep(0.01)
-        r = pyipc.open_fifo(fifo_path, "r")
         with r:
             assert r.recv(timeout=20) == b""
             assert r.recv(timeout=20) == b"one"
