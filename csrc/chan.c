@@ -220,7 +220,7 @@ static int64_t do_recv(struct pyipc_chan *c, char *buf, uint64_t cap, unsigned *
 	return rc;
 }
 
-int pyipc_chan_send(pyipc_chan *c, const char *data, size_t len, int64_t deadline)
+int pyipc_chan_send(pyipc_chan *c, const void *data, size_t len, int64_t deadline)
 {
 	return do_send(c, data, len, 0, NULL, 0, deadline);
 }
@@ -230,7 +230,7 @@ int64_t pyipc_chan_recv(pyipc_chan *c, char *buf, uint64_t cap, int64_t deadline
 	return do_recv(c, buf, cap, NULL, NULL, 0, NULL, deadline);
 }
 
-int pyipc_chan_send_many(pyipc_chan *c, const char *data, const uint64_t *lens, size_t n,
+int pyipc_chan_send_many(pyipc_chan *c, const void *data, const uint64_t *lens, size_t n,
 			 size_t *sent, int64_t deadline)
 {
 	int rc;
@@ -261,7 +261,7 @@ int64_t pyipc_chan_recv_many(pyipc_chan *c, char *buf, uint64_t cap, uint64_t *l
 	return rc;
 }
 
-int pyipc_chan_send_fds(pyipc_chan *c, const char *data, size_t len, const int *fds, size_t nfds,
+int pyipc_chan_send_fds(pyipc_chan *c, const void *data, size_t len, const int *fds, size_t nfds,
 			int64_t deadline)
 {
 	if (!c->ops->passes_fds)

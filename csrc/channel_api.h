@@ -8,6 +8,9 @@
  * by the constructors of their kind (pyipc_pipe_open, pyipc_usock_*,
  * pyipc_mq_open), which own the descriptors from then on.
  *
+ * Data to send is `const void *`, which cffi fills from bytes or a cdata
+ * buffer only (a `const char *` would also take a list of 1-byte strings).
+ *
  * Conventions as in ring_api.h: 0 (or a length, or a count) on success,
  * -errno on failure; deadlines are absolute CLOCK_MONOTONIC nanoseconds, 0
  * never waits (-EAGAIN), -1 never expires; no wait lasts longer than ~100 ms:
@@ -75,7 +78,7 @@ int pyipc_chan_pending(pyipc_chan *c);
 int pyipc_chan_calls(pyipc_chan *c);
 
 /* Send one message. */
-int pyipc_chan_send(pyipc_chan *c, const char *data, size_t len, int64_t deadline);
+int pyipc_chan_send(pyipc_chan *c, const void *data, size_t len, int64_t deadline);
 /* Receive one message into buf; returns its length. */
 int64_t pyipc_chan_recv(pyipc_chan *c, char *buf, uint64_t cap, int64_t deadline);
 /*
@@ -83,7 +86,7 @@ int64_t pyipc_chan_recv(pyipc_chan *c, char *buf, uint64_t cap, int64_t deadline
  * lengths in lens.  0 when all went; else -errno and *sent says how many went
  * whole (a half-sent one is resumed by a call that starts with it).
  */
-int pyipc_chan_send_many(pyipc_chan *c, const char *data, const uint64_t *lens, size_t n,
+int pyipc_chan_send_many(pyipc_chan *c, const void *data, const uint64_t *lens, size_t n,
 			 size_t *sent, int64_t deadline);
 /*
  * Wait for one message, then take up to max of those already there: their
@@ -94,7 +97,7 @@ int64_t pyipc_chan_recv_many(pyipc_chan *c, char *buf, uint64_t cap, uint64_t *l
 			     int64_t deadline);
 
 /* Sockets only: a message with descriptors attached (SCM_RIGHTS). */
-int pyipc_chan_send_fds(pyipc_chan *c, const char *data, size_t len, const int *fds, size_t nfds,
+int pyipc_chan_send_fds(pyipc_chan *c, const void *data, size_t len, const int *fds, size_t nfds,
 			int64_t deadline);
 /* Receive one message and up to maxfds descriptors (more are closed). */
 int64_t pyipc_chan_recv_fds(pyipc_chan *c, char *buf, uint64_t cap, int *fds, size_t maxfds,
@@ -127,7 +130,7 @@ int pyipc_usock_peercred(pyipc_chan *c, int32_t *pid, uint32_t *uid, uint32_t *g
 int pyipc_mq_open(const char *name, int create, uint32_t mode, int64_t max_messages,
 		  int64_t max_message_size, pyipc_chan **out);
 /* Send with a priority (0 .. PYIPC_MQ_PRIO_MAX - 1). */
-int pyipc_mq_send(pyipc_chan *c, const char *data, size_t len, unsigned prio, int64_t deadline);
+int pyipc_mq_send(pyipc_chan *c, const void *data, size_t len, unsigned prio, int64_t deadline);
 /* Receive the oldest message of the highest priority, and that priority. */
 int64_t pyipc_mq_recv(pyipc_chan *c, char *buf, uint64_t cap, unsigned *prio, int64_t deadline);
 /* Current attributes of a queue handle. */

@@ -26,6 +26,12 @@ _Static_assert(PYIPC_MQ_PRIO_MAX == MQ_PRIO_MAX, "channel_api.h's MQ_PRIO_MAX");
 struct mq_chan {
 	struct pyipc_chan c;
 	uint64_t msgsize; /* the queue's mq_msgsize: every receive needs this much */
+	/* A message taken for a buffer it did not fit, kept for the next
+	 * receive on this handle (under c.rlock). */
+	char *held;       /* msgsize bytes, allocated when first needed */
+	uint64_t held_len;
+	unsigned held_prio;
+	int has_held;
 };
 
 #define Q(c) ((struct mq_chan *)(c))
@@ -92,14 +98,39 @@ static int mq_send_op(struct pyipc_chan *c, const char *data, size_t len, unsign
 	return r < 0 ? (int)r : 0;
 }
 
+/* Hand out the held message into buf if it fits (else -EMSGSIZE). */
+static int64_t take_held(struct mq_chan *q, char *buf, uint64_t cap, unsigned *prio)
+{
+	if (q->held_len > cap)
+		return chan_too_large(&q->c, q->held_len);
+	memcpy(buf, q->held, q->held_len);
+	if (prio)
+		*prio = q->held_prio;
+	q->has_held = 0;
+	return (int64_t)q->held_len;
+}
+
 static int64_t mq_recv_op(struct pyipc_chan *c, char *buf, uint64_t cap, unsigned *prio, int *fds,
 			  size_t maxfds, size_t *nfds, int64_t deadline)
 {
-	/* The kernel refuses any buffer below mq_msgsize, even for a short
-	 * message; say how much is needed instead. */
-	if (cap < Q(c)->msgsize)
-		return chan_too_large(c, Q(c)->msgsize);
-	return mq_wait_op(c, 0, buf, cap, 0, prio, deadline);
+	struct mq_chan *q = Q(c);
+	ssize_t r;
+
+	if (q->has_held)
+		return take_held(q, buf, cap, prio);
+	if (likely(cap >= q->msgsize))
+		return mq_wait_op(c, 0, buf, cap, 0, prio, deadline);
+	/* The kernel refuses a buffer below mq_msgsize even for a short
+	 * message: take the message into the handle, then hand it out if it
+	 * fits, else keep it for the next receive. */
+	if (!q->held && !(q->held = malloc(q->msgsize)))
+		return -ENOMEM;
+	r = mq_wait_op(c, 0, q->held, q->msgsize, 0, &q->held_prio, deadline);
+	if (r < 0)
+		return r;
+	q->held_len = (uint64_t)r;
+	q->has_held = 1;
+	return take_held(q, buf, cap, prio);
 }
 
 /* A queue has no call for several messages: a loop here, in C, still
@@ -121,12 +152,20 @@ static int mq_send_many(struct pyipc_chan *c, const char *data, const uint64_t *
 static int64_t mq_recv_many(struct pyipc_chan *c, char *buf, uint64_t cap, uint64_t *lens,
 			    size_t max, int64_t deadline)
 {
-	uint64_t msgsize = Q(c)->msgsize, off = 0;
+	struct mq_chan *q = Q(c);
+	uint64_t msgsize = q->msgsize, off = 0;
 	size_t count = 0;
-	ssize_t r;
+	int64_t r;
 
-	if (cap < msgsize)
+	if (q->has_held) {
+		r = take_held(q, buf, cap, NULL);
+		if (r < 0)
+			return r;
+		lens[count++] = (uint64_t)r;
+		off = (uint64_t)r;
+	} else if (cap < msgsize) {
 		return chan_too_large(c, msgsize);
+	}
 	while (count < max && cap - off >= msgsize) {
 		r = mq_wait_op(c, 0, buf + off, cap - off, 0, NULL, count ? NOWAIT : deadline);
 		if (r < 0) {
@@ -138,6 +177,16 @@ static int64_t mq_recv_many(struct pyipc_chan *c, char *buf, uint64_t cap, uint6
 		off += (uint64_t)r;
 	}
 	return (int64_t)count;
+}
+
+static int mq_pending(const struct pyipc_chan *c)
+{
+	return ((const struct mq_chan *)c)->has_held;
+}
+
+static void mq_release(struct pyipc_chan *c)
+{
+	free(Q(c)->held);
 }
 
 static uint64_t mq_many_bufsize(const struct pyipc_chan *c, size_t max)
@@ -153,6 +202,8 @@ static const struct chan_ops mq_ops = {
 	.send_many = mq_send_many,
 	.recv_many = mq_recv_many,
 	.many_bufsize = mq_many_bufsize,
+	.pending = mq_pending,
+	.release = mq_release,
 };
 
 int pyipc_mq_open(const char *name, int create, uint32_t mode, int64_t max_messages,
@@ -201,7 +252,7 @@ err:
 	return rc;
 }
 
-int pyipc_mq_send(pyipc_chan *c, const char *data, size_t len, unsigned prio, int64_t deadline)
+int pyipc_mq_send(pyipc_chan *c, const void *data, size_t len, unsigned prio, int64_t deadline)
 {
 	if (c->ops != &mq_ops)
 		return -EOPNOTSUPP;

@@ -19,7 +19,9 @@
  *     call per message while the reader keeps up;
  *   - in batches, once the reader is behind (the 7 bytes read ahead were
  *     there): ask how many bytes are queued (FIONREAD) and read all but the
- *     last: two system calls for as many frames as fit in rb.
+ *     last: two system calls for as many frames as fit in rb.  FIONREAD
+ *     takes the lock the writer takes, so when it finds fewer than
+ *     BATCH_MIN frames' worth, it is not asked again for BACKOFF reads.
  *
  * The receive side's state (where a frame's payload goes):
  *
@@ -69,6 +71,8 @@
 #define COPY_MAX 1024u          /* frames up to this payload are copied to it */
 #define MAX_IOV 512             /* iovecs per writev (IOV_MAX is 1024) */
 #define FDQ 4                   /* frames with descriptors held at once */
+#define BATCH_MIN 4             /* frames that make a batch read worth it */
+#define BACKOFF 8               /* single reads before asking FIONREAD again */
 
 enum rx_state {
 	RX_BUFFERED, /* frames come through rb */
@@ -89,7 +93,8 @@ struct stream_chan {
 	/* receive side, under c.rlock */
 	enum rx_state state;
 	int broken_rc;
-	int batch;         /* the reader is behind: read in batches */
+	int behind;        /* the last read found the next frame begun */
+	int backoff;       /* single reads to do before a batch is tried */
 	uint8_t *rb;       /* RB_SIZE bytes */
 	uint32_t head;     /* rb[head, tail): bytes not handed out; a frame */
 	uint32_t tail;     /* ... starts at head (RX_BUFFERED) */
@@ -253,7 +258,7 @@ static int stream_eof(struct stream_chan *s)
 
 /* How refill reads: as the reader's pace says, or in one way. */
 enum refill_mode {
-	READ_AUTO,   /* in batches while the reader is behind (s->batch) */
+	READ_AUTO,   /* in batches while the reader is behind (see the top) */
 	READ_BATCH,  /* in a batch if there is more than one frame */
 	READ_SINGLE, /* the current frame and the next one's length only */
 };
@@ -275,13 +280,14 @@ static int refill(struct stream_chan *s, uint32_t single, int ahead, enum refill
 	ssize_t r;
 	int rc, avail;
 
-	if (ahead && (mode == READ_BATCH || (mode == READ_AUTO && s->batch))) {
-		if (ioctl(s->c.rfd, FIONREAD, &avail) == 0 && (uint32_t)avail > single) {
+	if (ahead && mode == READ_AUTO && s->behind && s->backoff)
+		s->backoff--;
+	else if (ahead && (mode == READ_BATCH || (mode == READ_AUTO && s->behind)) &&
+		 ioctl(s->c.rfd, FIONREAD, &avail) == 0) {
+		if ((uint32_t)avail > single)
 			want = (uint32_t)avail - 1;
-			s->batch = 1;
-		} else {
-			s->batch = 0;
-		}
+		if (mode == READ_AUTO && (uint64_t)avail < (uint64_t)BATCH_MIN * single)
+			s->backoff = BACKOFF;
 	}
 	/* Room: move what is held to the front when the end is near. */
 	if (s->head && RB_SIZE - s->tail < want) {
@@ -301,8 +307,8 @@ static int refill(struct stream_chan *s, uint32_t single, int ahead, enum refill
 			if (ngot)
 				fds_from_read(s, got, ngot);
 			/* The next frame had begun: the reader is behind. */
-			if (ahead && (uint32_t)r == single)
-				s->batch = 1;
+			if (ahead && want == single)
+				s->behind = (uint32_t)r == single;
 			return 0;
 		}
 		if (r == 0) {
@@ -318,7 +324,7 @@ static int refill(struct stream_chan *s, uint32_t single, int ahead, enum refill
 		} else if (errno != EAGAIN) {
 			return -errno;
 		}
-		s->batch = 0; /* caught up */
+		s->behind = 0; /* caught up */
 		rc = chan_wait_fd(s->c.rfd, POLLIN, deadline);
 		return rc;
 	}

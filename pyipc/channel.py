@@ -54,6 +54,7 @@ _send_many = lib.pyipc_chan_send_many
 _recv_many = lib.pyipc_chan_recv_many
 _unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
+_ffi_buffer = ffi.buffer
 _NULL = ffi.NULL
 
 # Receive buffers do not need zeroing: C writes before Python reads.
@@ -185,7 +186,7 @@ class ChannelBase:
     ``unix_connect()``, ``UnixListener.accept()`` or ``MessageQueue``.
     """
 
-    __slots__ = ("_h", "_tx", "_rx", "_rfd", "_wfd", "_pool", "_many_pool", "_bufsize",
+    __slots__ = ("_h", "_tx", "_rx", "_rfd", "_wfd", "_slot", "_many_pool", "_bufsize",
                  "_name", "__weakref__")
 
     def __init__(self, handle: Any, name: Optional[str] = None) -> None:
@@ -200,11 +201,11 @@ class ChannelBase:
         self._tx: Any = handle if wfd >= 0 else None
         self._rx: Any = handle if rfd >= 0 else None
         self._name = name
-        # Receive buffers, popped and pushed back whole (atomic under the
-        # GIL), so two threads never share one.
-        self._pool: List[Any] = []
-        self._many_pool: List[Tuple[Any, int, Any]] = []
+        # The receive buffer (see recv) and those of recv_many, taken while
+        # in use (atomic under the GIL), so two threads never share one.
         self._bufsize = int(lib.pyipc_chan_bufsize(handle))
+        self._slot: Optional[Tuple[Any, Any]] = None
+        self._many_pool: List[Tuple[Any, int, Any]] = []
 
     # ---- lifecycle ----
 
@@ -343,14 +344,28 @@ class ChannelBase:
         ``ValueError`` if the channel is closed, receive-only, or
         ``timeout`` is negative.
         """
-        h = self._tx
-        if h is None:
-            h = self._check(self._wfd >= 0, "send")
+        # The hot path: one C call, no closure.  The C side takes bytes (or
+        # a cdata buffer) as `const void *` and cffi raises TypeError for
+        # anything else, and for a closed or receive-only end (None): those
+        # go to _send_slow.
         dl = FOREVER if timeout is None else channel_deadline(timeout)
-        p = data if type(data) is bytes else readable(data)
+        h = self._tx
+        try:
+            rc = _send(h, data, len(data), dl)
+        except TypeError:
+            return self._send_slow(data, dl)
+        if rc:
+            self._send_again(rc, h, data, dl)
+
+    def _send_slow(self, data: Any, dl: int) -> None:
+        h = self._check(self._wfd >= 0, "send")
+        p = readable(data)
         rc = _send(h, p, len(p), dl)
         if rc:
-            self._retry(rc, lambda: _send(h, p, len(p), dl), dl, 1)
+            self._send_again(rc, h, p, dl)
+
+    def _send_again(self, rc: int, h: Any, p: Any, dl: int) -> None:
+        self._retry(rc, lambda: int(_send(h, p, len(p), dl)), dl, 1)
 
     def send_many(self, items: Sequence[Any], timeout: Optional[float] = None) -> None:
         """Send several messages in order, with as few system calls as the
@@ -408,15 +423,18 @@ class ChannelBase:
                 p = readable(m)
                 rc = _send(h, p, len(p), dl)
                 if rc:
-                    self._retry(rc, lambda: _send(h, p, len(p), dl), dl, 1)
+                    self._send_again(rc, h, p, dl)
             except BaseException as exc:
                 exc.sent = i  # type: ignore[attr-defined]
                 raise
 
     # ---- receive ----
 
-    def _new_buf(self, size: int) -> Any:
-        return _new_raw("char[]", max(size, self._bufsize))
+    def _new_slot(self, size: int = 0) -> Tuple[Any, Any]:
+        """A receive buffer of at least ``size`` bytes and the ffi.buffer
+        over it, whose slices are the received messages as bytes."""
+        buf = _new_raw("char[]", max(size, self._bufsize))
+        return buf, _ffi_buffer(buf)
 
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """Receive one message and return it.
@@ -426,24 +444,39 @@ class ChannelBase:
         (``timeout=0`` never waits), ``ValueError`` if the channel is
         closed, send-only, or ``timeout`` is negative.
         """
-        h = self._rx
-        if h is None:
-            h = self._check(self._rfd >= 0, "receive")
-        pool = self._pool
-        buf = pool.pop() if pool else self._new_buf(0)
+        # The hot path: one C call, no closure.  The receive buffer is taken
+        # out of its slot while in use (atomic under the GIL): a second
+        # thread receiving meanwhile makes its own.
+        slot = self._slot
+        if slot is None:
+            slot = self._new_slot()
+        else:
+            self._slot = None
         dl = FOREVER if timeout is None else channel_deadline(timeout)
-        n = _recv(h, buf, len(buf), dl)
+        h = self._rx
+        try:
+            n = _recv(h, slot[0], self._bufsize, dl)
+        except TypeError:  # h is None: closed, or a send-only end
+            self._slot = slot
+            self._check(self._rfd >= 0, "receive")
+            raise
         if n < 0:
-            box = [buf]
+            return self._recv_again(n, h, slot, dl)
+        data: bytes = slot[1][:n]
+        self._slot = slot
+        return data
 
-            def grow() -> None:
-                # recv() always takes the message: a buffer that fits it.
-                box[0] = self._new_buf(int(lib.pyipc_chan_need(h)))
+    def _recv_again(self, n: int, h: Any, slot: Tuple[Any, Any], dl: int) -> bytes:
+        box: List[Any] = [slot, self._bufsize]
 
-            n = self._retry(n, lambda: _recv(h, box[0], len(box[0]), dl), dl, 0, grow)
-            buf = box[0]
-        data: bytes = _unpack(buf, n)
-        pool.append(buf)  # after the copy: then another thread may take it
+        def grow() -> None:
+            # recv() always takes the message: a buffer that fits it.
+            need = int(lib.pyipc_chan_need(h))
+            box[0], box[1] = self._new_slot(need), need
+
+        n = self._retry(n, lambda: int(_recv(h, box[0][0], box[1], dl)), dl, 0, grow)
+        data: bytes = box[0][1][:n]
+        self._slot = slot  # the usual size, whatever was grown for this one
         return data
 
     def recv_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
@@ -538,18 +571,24 @@ class ChannelBase:
         """Receive one message, awaiting it with the event loop (never
         blocking it).  Raises what ``recv`` raises, except ``TimeoutError``."""
         h = self._check(self._rfd >= 0, "receive")
-        box = [self._pool.pop() if self._pool else self._new_buf(0)]
+        slot = self._slot
+        if slot is None:
+            slot = self._new_slot()
+        else:
+            self._slot = None
+        box: List[Any] = [slot, self._bufsize]
 
         def call() -> int:
-            n = int(_recv(h, box[0], len(box[0]), NOWAIT))
+            n = int(_recv(h, box[0][0], box[1], NOWAIT))
             if n == _EMSGSIZE:
-                box[0] = self._new_buf(int(lib.pyipc_chan_need(h)))
+                need = int(lib.pyipc_chan_need(h))
+                box[0], box[1] = self._new_slot(need), need
                 return _EINTR  # call again at once, with the bigger buffer
             return n
 
         n = await self._async_call(call, 0)
-        data: bytes = _unpack(box[0], n)
-        self._pool.append(box[0])
+        data: bytes = box[0][1][:n]
+        self._slot = slot
         return data
 
     async def _async_call(self, call: Callable[[], int], direction: int) -> int:

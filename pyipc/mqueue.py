@@ -7,11 +7,12 @@ timed system call in C, waiting in bounded slices (see ``csrc/mq.c``).
 from __future__ import annotations
 
 import errno
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from ._core import ffi, lib
 from ._util import FOREVER, channel_deadline, check_int, check_mode, shm_name
 from .channel import ChannelBase, _closed_error, new_handle, readable
+from .errors import RC_EMSGSIZE as _EMSGSIZE
 from .errors import MessageTooLarge, error_from
 
 __all__ = ["MessageQueue"]
@@ -22,7 +23,6 @@ _INT64_MAX = (1 << 63) - 1
 
 _mq_send = lib.pyipc_mq_send
 _mq_recv = lib.pyipc_mq_recv
-_unpack = ffi.unpack
 
 
 def _limit(name: str) -> str:
@@ -45,7 +45,7 @@ class MessageQueue(ChannelBase):
     highest priority.  The queue lives until ``unlink()``.
     """
 
-    __slots__ = ("name", "_stash", "_prio")
+    __slots__ = ("name",)
 
     def __init__(
         self,
@@ -68,8 +68,6 @@ class MessageQueue(ChannelBase):
         except OSError as exc:
             raise self._open_error(exc, full, create, maxmsg, msgsize) from None
         self.name = full
-        self._stash: Optional[Tuple[bytes, int]] = None
-        self._prio = ffi.new("unsigned *")
         super().__init__(h, full)
 
     @staticmethod
@@ -119,8 +117,9 @@ class MessageQueue(ChannelBase):
         return self._attr()[1]
 
     def qsize(self) -> int:
-        """Messages queued now (a snapshot)."""
-        return self._attr()[2] + (self._stash is not None)
+        """Messages queued now (a snapshot), the one a too small
+        ``recv_into`` left held by this handle included."""
+        return self._attr()[2] + self.pending()
 
     @property
     def current_messages(self) -> int:
@@ -139,9 +138,9 @@ class MessageQueue(ChannelBase):
 
     def pending(self) -> bool:
         """True if a message refused by a too small ``recv_into`` buffer is
-        held by this handle (``recv`` returns it first)."""
-        self._check(True, "")
-        return self._stash is not None
+        held by this handle (the next receive returns it first; the
+        descriptor does not show it)."""
+        return super().pending()
 
     # ---- send / receive ----
 
@@ -152,84 +151,44 @@ class MessageQueue(ChannelBase):
         (``timeout=0`` never waits), ``ValueError`` if closed or for a
         priority out of range, ``TypeError`` for data that is not a
         contiguous bytes-like object or a priority that is not an int."""
-        h = self._tx
-        if h is None:
-            raise _closed_error()
+        # The hot path, as ChannelBase.send's: one C call, no closure.
         if priority.__class__ is not int or not 0 <= priority < PRIO_MAX:
             priority = check_int(priority, "priority", 0, PRIO_MAX - 1)
-        p = data if type(data) is bytes else readable(data)
         dl = FOREVER if timeout is None else channel_deadline(timeout)
-        rc = _mq_send(h, p, len(p), priority, dl)
+        h = self._tx
+        try:
+            rc = _mq_send(h, data, len(data), priority, dl)
+        except TypeError:  # not bytes, or closed (see ChannelBase.send)
+            h = self._check(True, "send")
+            data = readable(data)
+            rc = _mq_send(h, data, len(data), priority, dl)
         if rc:
-            if rc == -errno.EMSGSIZE:
-                raise MessageTooLarge(
-                    f"message of {len(p)} bytes is longer than max_message_size={self._bufsize}"
-                )
-            self._retry(rc, lambda: int(_mq_send(h, p, len(p), priority, dl)), dl, 1)
+            self._send_prio_again(rc, h, data, priority, dl)
 
-    def recv(self, timeout: Optional[float] = None) -> bytes:
-        """Receive the oldest message of the highest priority.  Raises
-        ``TimeoutError`` if none came in time (``timeout=0`` never waits),
-        ``ValueError`` if closed."""
-        if self._stash is None:
-            return ChannelBase.recv(self, timeout)
-        return self._unstash()[0]
-
-    def _unstash(self) -> Tuple[bytes, int]:
-        self._check(True, "")
-        stash = self._stash
-        assert stash is not None
-        self._stash = None
-        return stash
+    def _send_prio_again(self, rc: int, h: Any, p: Any, prio: int, dl: int) -> None:
+        if rc == _EMSGSIZE:
+            raise MessageTooLarge(
+                f"message of {len(p)} bytes is longer than max_message_size={self._bufsize}"
+            )
+        self._retry(rc, lambda: int(_mq_send(h, p, len(p), prio, dl)), dl, 1)
 
     def recv_with_priority(self, timeout: Optional[float] = None) -> Tuple[bytes, int]:
         """Like ``recv``, and also return the message's priority."""
-        if self._stash is not None:
-            return self._unstash()
-        h = self._check(True, "receive")
+        h = self._check(self._rfd >= 0, "receive")
         prio = ffi.new("unsigned *")
-        pool = self._pool
-        buf = pool.pop() if pool else self._new_buf(0)
+        slot = self._slot
+        if slot is None:
+            slot = self._new_slot()
+        else:
+            self._slot = None
         dl = channel_deadline(timeout)
-        n = _mq_recv(h, buf, len(buf), prio, dl)
+        buf = slot[0]
+        n = _mq_recv(h, buf, self._bufsize, prio, dl)
         if n < 0:
-            n = self._retry(n, lambda: int(_mq_recv(h, buf, len(buf), prio, dl)), dl, 0)
-        data: bytes = _unpack(buf, n)
-        pool.append(buf)
+            n = self._retry(n, lambda: int(_mq_recv(h, buf, self._bufsize, prio, dl)), dl, 0)
+        data: bytes = slot[1][:n]
+        self._slot = slot
         return data, int(prio[0])
-
-    def recv_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
-        """Receive into a writable buffer; return the length.  A buffer too
-        small raises ``MessageTooLarge`` and the message is kept for the
-        next receive on this handle.  Raises what ``recv`` raises."""
-        try:
-            m = memoryview(buffer).cast("B")
-        except (TypeError, BufferError):
-            raise TypeError("recv_into needs a writable, contiguous bytes-like object") from None
-        if m.readonly:
-            raise TypeError("recv_into needs a writable buffer")
-        if self._stash is None and len(m) >= self._bufsize:
-            return super().recv_into(m, timeout)
-        # The kernel wants room for max_message_size whatever the message:
-        # take it into our buffer and copy, or keep it if it does not fit.
-        data, prio = self.recv_with_priority(timeout)
-        if len(data) > len(m):
-            self._stash = (data, prio)
-            raise MessageTooLarge(
-                f"message of {len(data)} bytes does not fit in a buffer of {len(m)};"
-                " it is kept for the next receive"
-            )
-        m[: len(data)] = data
-        return len(data)
-
-    def recv_many(self, max_messages: int, timeout: Optional[float] = None) -> List[bytes]:
-        """Wait for one message, then return up to ``max_messages`` of those
-        queued (highest priority first), with one C call.  Raises what
-        ``recv`` raises."""
-        if self._stash is None:
-            return super().recv_many(max_messages, timeout)
-        check_int(max_messages, "max_messages", 1)
-        return [self._unstash()[0]]
 
     async def send_async(self, data: Any, priority: int = 0) -> None:
         """Send one message, awaiting room with the event loop."""
@@ -237,12 +196,6 @@ class MessageQueue(ChannelBase):
         prio = check_int(priority, "priority", 0, PRIO_MAX - 1)
         p = readable(data)
         await self._async_call(lambda: int(_mq_send(h, p, len(p), prio, 0)), 1)
-
-    async def recv_async(self) -> bytes:
-        """Receive one message, awaiting it with the event loop."""
-        if self._stash is not None:
-            return self._unstash()[0]
-        return await super().recv_async()
 
     def __repr__(self) -> str:
         return f"<MessageQueue {self.name!r}{' closed' if self._h is None else ''}>"

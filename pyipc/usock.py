@@ -106,18 +106,24 @@ class SocketChannel(ChannelBase):
         arr = ffi.new("int[]", max(k, 1))
         nfds = ffi.new("size_t *")
         dl = channel_deadline(timeout)
-        box = [self._pool.pop() if self._pool else self._new_buf(0)]
+        slot = self._slot
+        if slot is None:
+            slot = self._new_slot()
+        else:
+            self._slot = None
+        box: List[Any] = [slot, self._bufsize]
         recv = lib.pyipc_chan_recv_fds
 
         def again() -> int:
-            return int(recv(h, box[0], len(box[0]), arr, k, nfds, dl))
+            return int(recv(h, box[0][0], box[1], arr, k, nfds, dl))
 
         def grow() -> None:
-            box[0] = self._new_buf(int(lib.pyipc_chan_need(h)))
+            need = int(lib.pyipc_chan_need(h))
+            box[0], box[1] = self._new_slot(need), need
 
         n = self._retry(again(), again, dl, 0, grow)
-        data: bytes = ffi.unpack(box[0], n)
-        self._pool.append(box[0])
+        data: bytes = box[0][1][:n]
+        self._slot = slot
         return data, [int(arr[i]) for i in range(nfds[0])]
 
 

@@ -380,7 +380,7 @@ static void test_timeouts(void)
 		CHECK_EQ(recv_all(rx, buf, sizeof(buf), in_ms(50)), -ETIMEDOUT);
 		CHECK(now_ns() - t0 >= 45000000ll);
 		if (k == K_MQ) /* smaller than the queue's message size */
-			CHECK_EQ(pyipc_chan_recv(rx, buf, 16, NOWAIT), -EMSGSIZE);
+			CHECK_EQ(pyipc_chan_recv(rx, buf, 16, NOWAIT), -EAGAIN);
 		free_pair(tx, rx);
 	}
 }
@@ -506,11 +506,21 @@ static void test_mq(void)
 	CHECK_EQ(pyipc_mq_send(q, "hi", 2, 7, FOREVER), 0);
 	CHECK_EQ(pyipc_mq_recv(q, buf, sizeof(buf), &prio, FOREVER), 2);
 	CHECK_EQ(prio, 7);
+	/* A buffer below the queue's message size: a message that fits it is
+	 * received; one that does not is kept, with its priority. */
+	CHECK_EQ(pyipc_mq_recv(q, buf, 16, &prio, FOREVER), 2);
+	CHECK_EQ(prio, 1);
+	CHECK_EQ(pyipc_mq_send(q, buf, 100, 3, FOREVER), 0);
 	CHECK_EQ(pyipc_mq_recv(q, buf, 16, &prio, FOREVER), -EMSGSIZE);
-	CHECK_EQ(pyipc_chan_need(q), 8192);
+	CHECK_EQ(pyipc_chan_need(q), 100);
+	CHECK_EQ(pyipc_chan_pending(q), 1);
+	prio = 0;
+	CHECK_EQ(pyipc_mq_recv(q, buf, sizeof(buf), &prio, FOREVER), 100);
+	CHECK_EQ(prio, 3);
+	CHECK_EQ(pyipc_chan_pending(q), 0);
 	CHECK_EQ(pyipc_chan_send(q, buf, 8193, FOREVER), -EMSGSIZE);
 	CHECK_EQ(pyipc_mq_send(q, buf, 1, PYIPC_MQ_PRIO_MAX, FOREVER), -EINVAL);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++) /* max_messages */
 		CHECK_EQ(pyipc_chan_send(q, "f", 1, NOWAIT), 0);
 	CHECK_EQ(pyipc_chan_send(q, "f", 1, NOWAIT), -EAGAIN);
 	CHECK_EQ(pyipc_mq_unlink(name), 0);
