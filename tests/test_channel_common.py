@@ -425,3 +425,170 @@ def test_fork_while_a_thread_is_blocked(kind: str, channels: Any, wait_until: An
     tx.send(b"parent")
     t.join(30)
     assert got == [b"parent"]
+
+
+# ---- what fuzzing found: every bad input is a clear exception ----
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_non_contiguous_data_is_a_type_error(kind: str, channels: Any) -> None:
+    """A non-contiguous view is not a message (TypeError), in send,
+    send_many and recv_into, on every transport; the channel still works."""
+    tx, rx = channels.pair(kind)
+    strided = memoryview(b"abcdef")[::2]
+    with pytest.raises(TypeError):
+        tx.send(strided)
+    with pytest.raises(TypeError):
+        tx.send_many([b"ok", strided])
+    with pytest.raises(TypeError):
+        tx.send_many(["text"])
+    with pytest.raises(TypeError):
+        tx.send([b"a", b"b"])  # a list is not bytes-like either
+    tx.send(b"ok")
+    with pytest.raises(TypeError):
+        rx.recv_into(memoryview(bytearray(16))[::2], timeout=5)
+    assert rx.recv(timeout=5) == b"ok"
+
+
+@pytest.mark.parametrize("kind", ALL)
+@pytest.mark.parametrize("forever", [float("inf"), 1e300])
+def test_infinite_timeouts_wait_for_ever(kind: str, forever: float, channels: Any) -> None:
+    """timeout=inf (or one too long to be a deadline) is "wait for ever":
+    send, recv and recv_many work with it, never OverflowError."""
+    tx, rx = channels.pair(kind)
+    tx.send(b"one", timeout=forever)
+    tx.send_many([b"two", b"three"], timeout=forever)
+    assert rx.recv(timeout=forever) == b"one"
+    got = rx.recv_many(5, timeout=forever)
+    while len(got) < 2:
+        got += rx.recv_many(5, timeout=forever)
+    assert got == [b"two", b"three"]
+
+
+@pytest.mark.parametrize("kind", ["pipe", "seqpacket", "mq"])
+def test_bad_timeouts_and_counts_are_value_errors(kind: str, channels: Any) -> None:
+    """NaN and negative timeouts, and recv_many of fewer than one message,
+    raise ValueError; a count that is not an int raises TypeError."""
+    tx, rx = channels.pair(kind)
+    for bad in (float("nan"), -1):
+        with pytest.raises(ValueError):
+            rx.recv(timeout=bad)
+        with pytest.raises(ValueError):
+            tx.send(b"x", timeout=bad)
+    for count in (0, -1, -(2**70)):
+        with pytest.raises(ValueError):
+            rx.recv_many(count, timeout=0)
+    with pytest.raises(TypeError):
+        rx.recv_many(1.5, timeout=0)
+    tx.send(b"x")
+    assert rx.recv_many(10**100, timeout=5) == [b"x"]  # "up to", however many
+
+
+# ---- send_many / recv_many ----
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ALL)
+def test_batches_keep_order_and_boundaries(kind: str, channels: Any, rng: random.Random) -> None:
+    """Batches of random sizes (empty ones too) sent with send_many come out
+    whole and in order through recv_many and recv, mixed."""
+    tx, rx = channels.pair(kind)
+    limit = 8192 if kind == "mq" else 5000
+    sent: List[bytes] = []
+    got: List[bytes] = []
+    for _ in range(40):
+        batch = [rng.randbytes(rng.choice([0, 1, 64, rng.randrange(limit + 1)]))
+                 for _ in range(rng.randrange(1, 9))]
+        tx.send_many(batch, timeout=10)
+        sent += batch
+        while len(got) < len(sent):
+            if rng.random() < 0.5:
+                got.append(rx.recv(timeout=10))
+            else:
+                more = rx.recv_many(rng.randrange(1, 10), timeout=10)
+                assert 1 <= len(more)
+                got += more
+    assert got == sent
+    with pytest.raises(TimeoutError):
+        rx.recv_many(4, timeout=0)
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_recv_many_returns_what_is_there_up_to_max(kind: str, channels: Any) -> None:
+    """recv_many takes every message already there in one call, up to
+    max_messages, and never waits for more."""
+    tx, rx = channels.pair(kind)
+    n = 9 if kind == "mq" else 40
+    msgs = [b"m%d" % i for i in range(n)]
+    tx.send_many(msgs)
+    first = rx.recv_many(5, timeout=5)
+    assert first == msgs[:5]
+    rest = rx.recv_many(1000, timeout=5)
+    assert rest == msgs[5:]
+    with pytest.raises(TimeoutError):
+        rx.recv_many(1000, timeout=0.05)
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_send_many_edge_cases(kind: str, channels: Any) -> None:
+    """An empty batch sends nothing; any iterable of bytes-like objects (a
+    generator, arrays) is a batch; a message larger than the receive buffer
+    comes out of recv_many whole."""
+    tx, rx = channels.pair(kind)
+    tx.send_many([])
+    with pytest.raises(TimeoutError):
+        rx.recv(timeout=0)
+    tx.send_many(m for m in (b"g1", bytearray(b"g2"), array.array("i", [7])))
+    assert [rx.recv(timeout=5) for _ in range(3)] == [b"g1", b"g2", array.array("i", [7]).tobytes()]
+    big = b"B" * (8192 if kind == "mq" else 100_000)
+    t = threading.Thread(target=tx.send_many, args=([big, b"after"], 10))
+    t.start()  # more than a pipe holds: it goes as it is read
+    got = rx.recv_many(2, timeout=10)
+    while len(got) < 2:
+        got += rx.recv_many(2, timeout=10)
+    t.join()
+    assert got == [big, b"after"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["pipe", "stream", "seqpacket", "dgram", "mq"])
+def test_send_many_timeout_says_how_many_went(kind: str, channels: Any) -> None:
+    """A send_many stopped by its timeout raises TimeoutError whose `sent`
+    counts the messages that went out whole; those are received, in order,
+    and a stream stopped inside a message closes."""
+    tx, rx = channels.pair(kind)
+    msg = b"s" * 4000
+    with pytest.raises(TimeoutError) as e:
+        tx.send_many([msg] * 10_000, timeout=0.2)
+    sent = e.value.sent  # type: ignore[attr-defined]
+    assert 0 < sent < 10_000
+    if tx.closed:  # a stream, stopped inside message number `sent`
+        assert kind in ("pipe", "stream")
+    for _ in range(sent):
+        assert rx.recv(timeout=5) == msg
+    if kind in ("pipe", "stream") and tx.closed:
+        with pytest.raises(EOFError):
+            rx.recv(timeout=5)
+    else:
+        with pytest.raises(TimeoutError):
+            rx.recv(timeout=0.05)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "stream"])
+def test_readiness_exact_after_batches(kind: str, channels: Any) -> None:
+    """On streams, whatever mix of recv and recv_many took the messages, the
+    descriptor is readable exactly while a message remains."""
+    tx, rx = channels.pair(kind)
+    with selectors.DefaultSelector() as sel:
+        sel.register(rx, selectors.EVENT_READ)
+        for round_ in range(30):
+            n = 1 + round_ % 7
+            tx.send_many([b"r" * (round_ * 37 % 300)] * n)
+            left = n
+            while left:
+                assert sel.select(timeout=5), f"not readable with {left} left"
+                left -= 1 if round_ % 2 else len(rx.recv_many(1 + round_ % 3, timeout=0))
+                if round_ % 2:
+                    rx.recv(timeout=0)
+            assert sel.select(timeout=0) == []
+            assert not rx.pending()

@@ -376,3 +376,59 @@ def test_forked_child_close_keeps_file(path: str) -> None:
         with pyipc.unix_connect(path, timeout=5):
             lst.accept(timeout=5).close()
     assert not os.path.exists(path)
+
+
+# ---- what fuzzing found: every bad input is a clear exception ----
+
+
+def test_listener_mode_is_exact_or_refused(path: str) -> None:
+    """mode is permission bits, 0 to 0o7777, given to the file exactly
+    (0o7777 included); more, negative or not an int is refused before
+    anything is made."""
+    with pyipc.UnixListener(path, mode=0o7777):
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o7777
+    for bad in (0o10000, -1, 2**64):
+        with pytest.raises(ValueError):
+            pyipc.UnixListener(path, mode=bad)
+    with pytest.raises(TypeError):
+        pyipc.UnixListener(path, mode=0.5)  # type: ignore[arg-type]
+    assert not os.path.exists(path)
+
+
+def test_listener_backlog_range(path: str) -> None:
+    """backlog is 0 to 2**31 - 1 (ValueError beyond, never OverflowError)."""
+    pyipc.UnixListener(path, backlog=0).close()
+    pyipc.UnixListener(path, backlog=2**31 - 1).close()
+    for bad in (2**31, -1, 2**64):
+        with pytest.raises(ValueError):
+            pyipc.UnixListener(path, backlog=bad)
+
+
+def test_descriptors_must_be_ints_in_range(channels: Any) -> None:
+    """send_fds takes ints only (a float is TypeError, not fd 1) in range
+    (ValueError); recv_fds's maxfds is 0 to MAX_FDS."""
+    tx, rx = channels.pair("stream")
+    with pytest.raises(TypeError):
+        tx.send_fds(b"m", [1.5])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        tx.send_fds(b"m", ["1"])  # type: ignore[list-item]
+    for bad in (2**31, -1, 2**64):
+        with pytest.raises(ValueError):
+            tx.send_fds(b"m", [bad])
+    with pytest.raises(TypeError):
+        tx.send_fds(memoryview(b"abcd")[::2], [0])
+    for bad in (-1, 65, 2**40):
+        with pytest.raises(ValueError):
+            rx.recv_fds(maxfds=bad, timeout=0)
+    with pytest.raises(TimeoutError):
+        rx.recv(timeout=0)  # nothing was sent by the refused calls
+    assert pyipc.usock.MAX_FDS == 64
+
+
+def test_infinite_timeouts_connect_and_accept(path: str) -> None:
+    """unix_connect and accept take timeout=inf as "wait for ever"."""
+    with pyipc.UnixListener(path) as lst:
+        with pyipc.unix_connect(path, timeout=float("inf")) as c, \
+                lst.accept(timeout=float("inf")) as s:
+            c.send(b"inf")
+            assert s.recv(timeout=float("inf")) == b"inf"
