@@ -384,16 +384,17 @@ class ChannelBase:
             items = list(items)
         if not items:
             return
-        lens = [len(m) for m in items]
-        if sum(lens) > _JOIN_MAX:
+        lens = list(map(len, items))
+        total = sum(lens)
+        if total > _JOIN_MAX:
             return self._send_each(h, items, dl)
         try:
             data = b"".join(items)
         except (BufferError, TypeError):
             raise TypeError("every message must be a contiguous bytes-like object") from None
-        if sum(lens) != len(data):  # items whose len() counts elements, not bytes
+        if total != len(data):  # items whose len() counts elements, not bytes
             lens = [memoryview(m).nbytes for m in items]
-        arr = ffi.new("uint64_t[]", lens)
+        arr = _new_raw("uint64_t[]", lens)
         sent = ffi.new("size_t *")
         rc = _send_many(h, data, arr, len(lens), sent, dl)
         if rc:
