@@ -25,7 +25,7 @@
  *
  * The receive side's state (where a frame's payload goes):
  *
- *                 header says: payload > DIRECT_MIN
+ *                 header says: payload >= DIRECT_MIN
  *     +-------------+ -----------------------------> +-----------+
  *     | RX_BUFFERED |                                | RX_DIRECT |
  *     +-------------+ <----------------------------- +-----------+
@@ -66,7 +66,7 @@
 #define FRAME_MAXLEN ((1ull << 56) - 1)
 
 #define RB_SIZE (64u << 10)     /* receive buffer */
-#define DIRECT_MIN (16u << 10)  /* larger payloads go straight to the caller */
+#define DIRECT_MIN 4096u        /* payloads this large go straight to the caller */
 #define TB_SIZE (16u << 10)     /* send staging buffer */
 #define COPY_MAX 1024u          /* frames up to this payload are copied to it */
 #define MAX_IOV 512             /* iovecs per writev (IOV_MAX is 1024) */
@@ -103,6 +103,7 @@ struct stream_chan {
 	uint64_t d_len;    /* ... the payload's length */
 	uint64_t d_pos;    /* ... and how much of it is there */
 	uint64_t d_at;     /* ... the frame's stream offset */
+	int d_magic;       /* ... its magic byte is still to be read */
 	struct fdrec fdq[FDQ];
 	unsigned nfdq;
 
@@ -339,7 +340,8 @@ static int64_t direct(struct stream_chan *s, char *buf, int *fds, size_t maxfds,
 		      int64_t deadline)
 {
 	int got[CHAN_MAXFDS];
-	struct iovec iov[2];
+	struct iovec iov[3];
+	uint8_t magic;
 	unsigned ngot;
 	uint64_t take;
 	ssize_t r;
@@ -349,6 +351,10 @@ static int64_t direct(struct stream_chan *s, char *buf, int *fds, size_t maxfds,
 		return -EBUSY; /* another caller's half-received message */
 	for (;;) {
 		n = 0;
+		if (s->d_magic) {
+			iov[n].iov_base = &magic;
+			iov[n++].iov_len = 1;
+		}
 		if (s->d_len > s->d_pos) {
 			iov[n].iov_base = buf + s->d_pos;
 			iov[n++].iov_len = s->d_len - s->d_pos;
@@ -359,6 +365,12 @@ static int64_t direct(struct stream_chan *s, char *buf, int *fds, size_t maxfds,
 		if (r > 0) {
 			take = (uint64_t)r;
 			s->in_total += take;
+			if (s->d_magic) {
+				if (magic != FRAME_MAGIC)
+					return broken(s, -EBADMSG);
+				s->d_magic = 0;
+				take--;
+			}
 			if (take > s->d_len - s->d_pos) {
 				s->tail = (uint32_t)(take - (s->d_len - s->d_pos));
 				s->d_pos = s->d_len;
@@ -386,14 +398,18 @@ static int64_t direct(struct stream_chan *s, char *buf, int *fds, size_t maxfds,
 	}
 }
 
-/* The frame at head, its header whole, is large: its held payload bytes go
- * to the caller's buffer and the rest will follow there (RX_DIRECT). */
+/* The frame at head (7 bytes of its header at least) is large: its held
+ * payload bytes go to the caller's buffer and the rest, its magic byte
+ * too if not yet in, will follow straight there (RX_DIRECT). */
 static int64_t direct_start(struct stream_chan *s, uint64_t len, char *buf, int *fds,
 			    size_t maxfds, size_t *nfds, int64_t deadline)
 {
+	uint32_t held = s->tail - s->head;
+
 	s->d_at = off_of(s, s->head);
 	s->d_len = len;
-	s->d_pos = s->tail - s->head - FRAME_HDR;
+	s->d_magic = held < FRAME_HDR;
+	s->d_pos = s->d_magic ? 0 : held - FRAME_HDR;
 	memcpy(buf, s->rb + s->head + FRAME_HDR, s->d_pos);
 	s->head = s->tail = 0;
 	s->d_buf = buf;
@@ -420,7 +436,7 @@ static int frame_at_head(struct stream_chan *s, uint64_t *len, uint32_t *single,
 		return broken(s, -EBADMSG);
 	if (held >= FRAME_HDR && held - FRAME_HDR >= *len)
 		return 1;
-	/* Only frames up to DIRECT_MIN are read into rb, so this fits. */
+	/* Only frames below DIRECT_MIN are read into rb, so this fits. */
 	*single = (uint32_t)(FRAME_HDR + *len - held) + FRAME_AHEAD;
 	*ahead = 1;
 	return 0;
@@ -463,18 +479,18 @@ static int64_t stream_recv(struct pyipc_chan *c, char *buf, uint64_t cap, unsign
 				return chan_too_large(c, len);
 			return (int64_t)take_frame(s, len, buf, fds, maxfds, nfds);
 		}
-		if (len > cap || len > DIRECT_MIN) {
-			/* Trust a large length only once its magic byte is in. */
+		if (len > cap) {
+			/* Report a length only once its magic byte is in. */
 			if (s->tail - s->head < FRAME_HDR) {
 				rc = refill(s, 1, 0, READ_SINGLE, deadline);
 				if (rc)
 					return rc;
 				continue;
 			}
-			if (len > cap)
-				return chan_too_large(c, len);
-			return direct_start(s, len, buf, fds, maxfds, nfds, deadline);
+			return chan_too_large(c, len);
 		}
+		if (len >= DIRECT_MIN)
+			return direct_start(s, len, buf, fds, maxfds, nfds, deadline);
 		rc = refill(s, single, ahead, READ_AUTO, deadline);
 		if (rc)
 			return rc;
@@ -521,22 +537,23 @@ static int64_t stream_recv_many(struct pyipc_chan *c, char *buf, uint64_t cap, u
 			 * rest of that frame, which cannot take a whole frame
 			 * more, brings it too.
 			 */
-			if (topped || len > DIRECT_MIN)
+			if (topped || len >= DIRECT_MIN)
 				break;
 			topped = 1;
 			if (refill(s, single, ahead, READ_SINGLE, NOWAIT))
 				break;
 			continue;
 		}
-		if (len > cap || len > DIRECT_MIN) {
+		if (len > cap) {
 			if (s->tail - s->head < FRAME_HDR) {
 				rc = refill(s, 1, 0, READ_SINGLE, deadline);
 				if (rc)
 					return rc;
 				continue;
 			}
-			if (len > cap)
-				return chan_too_large(c, len);
+			return chan_too_large(c, len);
+		}
+		if (len >= DIRECT_MIN) {
 			r = direct_start(s, len, buf, NULL, 0, NULL, deadline);
 			if (r >= 0)
 				lens[0] = (uint64_t)r;

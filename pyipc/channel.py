@@ -205,7 +205,7 @@ class ChannelBase:
         # in use (atomic under the GIL), so two threads never share one.
         self._bufsize = int(lib.pyipc_chan_bufsize(handle))
         self._slot: Optional[Tuple[Any, Any]] = None
-        self._many_pool: List[Tuple[Any, int, Any]] = []
+        self._many_pool: List[Tuple[Any, int, Any, Any]] = []
 
     # ---- lifecycle ----
 
@@ -519,36 +519,39 @@ class ChannelBase:
             h = self._check(self._rfd >= 0, "receive")
         dl = FOREVER if timeout is None else channel_deadline(timeout)
         pool = self._many_pool
-        buf, cap, lens = pool.pop() if pool else self._new_many_buf(0)
+        entry = pool.pop() if pool else self._new_many_buf(0)
+        buf, cap, view, lens = entry
         want = want if want < _MANY_MAX else _MANY_MAX
         n = _recv_many(h, buf, cap, lens, want, dl)
         if n < 0:
-            box = [buf, cap]
-
-            def grow() -> None:
-                # The first message is larger than the buffer: make one
-                # that fits it.
-                box[0], box[1], _ = self._new_many_buf(int(lib.pyipc_chan_need(h)))
-
-            n = self._retry(n, lambda: _recv_many(h, box[0], box[1], lens, want, dl), dl, 0,
-                            grow)
-            buf, cap = box
+            n, view = self._recv_many_again(n, h, entry, want, dl)
         sizes: List[int] = _unpack(lens, n)
-        if n == 1:
-            out = [_unpack(buf, sizes[0])]
-        else:
-            blob: bytes = _unpack(buf, sum(sizes))
-            out = []
-            append = out.append
-            o = 0
-            for size in sizes:
-                e = o + size
-                append(blob[o:e])
-                o = e
-        pool.append((buf, cap, lens))
+        # Each message sliced straight from the buffer: one copy.
+        out: List[bytes] = []
+        append = out.append
+        o = 0
+        for size in sizes:
+            e = o + size
+            append(view[o:e])
+            o = e
+        pool.append(entry)  # the usual size, whatever was grown for this call
         return out
 
-    def _new_many_buf(self, size: int) -> Tuple[Any, int, Any]:
+    def _recv_many_again(self, n: int, h: Any, entry: Tuple[Any, int, Any, Any], want: int,
+                         dl: int) -> Tuple[int, Any]:
+        box: List[Any] = list(entry)
+
+        def grow() -> None:
+            # The first message is larger than the buffer: one that fits it.
+            box[:3] = self._new_many_buf(int(lib.pyipc_chan_need(h)))[:3]
+
+        n = self._retry(n, lambda: int(_recv_many(h, box[0], box[1], box[3], want, dl)), dl, 0,
+                        grow)
+        return n, box[2]
+
+    def _new_many_buf(self, size: int) -> Tuple[Any, int, Any, Any]:
+        """A recv_many buffer of at least ``size`` bytes, its size, the
+        ffi.buffer over it and an array for the lengths."""
         # Packet channels need room for up to BATCH of the largest packet
         # the kernel allows (megabytes each): memory that costs only the
         # pages the messages are written to.
@@ -556,7 +559,8 @@ class ChannelBase:
         buf = lib.pyipc_buf_alloc(cap)
         if buf == _NULL:
             raise MemoryError(f"cannot map a receive buffer of {cap} bytes")
-        return ffi.gc(buf, lib.pyipc_buf_free), cap, _new_raw("uint64_t[]", _MANY_MAX)
+        buf = ffi.gc(buf, lib.pyipc_buf_free)
+        return buf, cap, _ffi_buffer(buf, cap), _new_raw("uint64_t[]", _MANY_MAX)
 
     # ---- asyncio ----
 
