@@ -234,8 +234,8 @@ static int readable(pyipc_chan *c)
 
 /* ---- messages of every size, from a writer thread ---------------------- */
 
-static const uint64_t sizes[] = { 0,     1,     7,      8,      9,       1023, 1024,
-				  1025,  16384, 16385,  65536,  200000,  3 << 20, 5 };
+static const uint64_t sizes[] = { 0,    1,     7,     8,     9,     1023,   1024, 1025,
+				  4095, 4096,  4097,  16384, 65536, 200000, 3 << 20, 5 };
 #define NSIZES (sizeof(sizes) / sizeof(sizes[0]))
 
 struct writer {
