@@ -65,6 +65,7 @@ RC_ECONNRESET = -errno.ECONNRESET
 RC_EBADMSG = -errno.EBADMSG
 RC_ESHUTDOWN = -errno.ESHUTDOWN
 RC_ENOTRECOVERABLE = -errno.ENOTRECOVERABLE
+RC_EEXIST = -errno.EEXIST
 
 # C return codes with a meaning of pyipc's own; everything else is an OSError.
 _SPECIAL: Dict[int, Type[Exception]] = {

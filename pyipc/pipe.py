@@ -9,14 +9,13 @@ dispositions are never changed.
 """
 from __future__ import annotations
 
-import errno
 import os
 from typing import Optional, Tuple
 
 from ._core import ffi, lib
 from ._util import channel_deadline, check_mode
 from .channel import ChannelBase, new_handle
-from .errors import error_from
+from .errors import RC_EEXIST, error_from
 
 __all__ = ["PipeChannel", "pipe", "open_fifo"]
 
@@ -80,7 +79,7 @@ def open_fifo(
     name = os.fsdecode(p)
     if create:
         rc = lib.pyipc_fifo_make(p, bits)
-        if rc < 0 and rc != -errno.EEXIST:  # an existing FIFO is fine
+        if rc < 0 and rc != RC_EEXIST:  # an existing FIFO is fine
             raise error_from(rc, name)
     h = new_handle(lambda out: lib.pyipc_fifo_open(p, for_write, dl, out), name)
     return PipeChannel(h, name)
