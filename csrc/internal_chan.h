@@ -1,168 +1,184 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * internal_chan.h - what the channel sources share: the handle layout, the
- * wait-in-slices helper and the per-kind entry points.  Not part of the cdef.
+ * internal_chan.h - what the channel sources share: the handle, the table of
+ * operations every kind fills in, the close protocol, and waiting for a
+ * descriptor.  Not part of the cdef.
+ *
+ * The files, each one concept, each depending only on those above it:
+ *
+ *     chan.c     the handle: lifetime, close protocol, locks, fork, dispatch
+ *     fdpass.c   SCM_RIGHTS control messages (descriptor passing)
+ *     stream.c   framed byte streams: pipes, FIFOs, SOCK_STREAM
+ *     packet.c   one message per packet: SOCK_SEQPACKET, SOCK_DGRAM
+ *     mq.c       POSIX message queues
+ *     pipe.c     pipes and FIFOs: make stream channels over them
+ *     usock.c    UNIX sockets: pairs, listeners, connections
+ *
+ * A kind's handle is a struct that starts with struct pyipc_chan; chan.c
+ * knows kinds only through their chan_ops.
  */
 #ifndef PYIPC_INTERNAL_CHAN_H
 #define PYIPC_INTERNAL_CHAN_H
 
-#include <errno.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <time.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
+#include "forksafe.h"
+#include "internal.h"
 #include "pyipc_api.h"
 
-#define CHAN_SLICE_NS 100000000ll /* longest single wait: 100 ms, for Ctrl-C */
-#define CHAN_NOWAIT 0
-#define CHAN_FOREVER (-1)
-#define CHAN_MAXFDS 64 /* descriptors one message may carry */
-#define CHAN_SMALL 1024 /* messages up to this size are copied via the handle */
-#define CHAN_PEEK 65536 /* stream sockets: bytes looked at in one peek */
-#define CHAN_SPIN_NS 50000ll /* poll without sleeping this long first */
+#define CHAN_MAXFDS PYIPC_CHAN_MAX_FDS
+
+struct pyipc_chan;
 
 /*
- * Stream wire format (pipes, FIFOs, SOCK_STREAM), one frame per message:
- *
- *     bytes 0..6   payload length, little-endian (at most 2^56 - 1)
- *     byte  7      FRAME_MAGIC
- *     bytes 8..    payload
- *
- * The magic is last on purpose.  After a message the reader also asks for
- * the next frame's first 7 bytes in the same system call (one read per
- * message instead of two), but never for its magic: so whenever a frame has
- * started, at least one of its bytes is still in the kernel and the
- * descriptor stays readable for select/poll/asyncio.  A frame cut short by
- * EOF is reported (-ECONNRESET), never returned.
+ * What a kind does.  Every I/O entry is called between chan_enter and
+ * chan_leave, with the handle's send (or receive) lock held, and follows the
+ * API's conventions (0 or -errno, one slice at most).  A NULL entry means
+ * the kind cannot do that (-EBADF, as for a closed direction).
  */
-#define FRAME_HDR 8u
-#define FRAME_AHEAD 7u
-#define FRAME_MAGIC 0xa5u
-#define FRAME_MAXLEN ((1ull << 56) - 1)
+struct chan_ops {
+	int (*send)(struct pyipc_chan *c, const char *data, size_t len, unsigned prio,
+		    const int *fds, size_t nfds, int64_t deadline);
+	int64_t (*recv)(struct pyipc_chan *c, char *buf, uint64_t cap, unsigned *prio, int *fds,
+			size_t maxfds, size_t *nfds, int64_t deadline);
+	int (*send_many)(struct pyipc_chan *c, const char *data, const uint64_t *lens, size_t n,
+			 size_t *sent, int64_t deadline);
+	int64_t (*recv_many)(struct pyipc_chan *c, char *buf, uint64_t cap, uint64_t *lens,
+			     size_t max, int64_t deadline);
+	/* The buffer recv_many needs for max messages. */
+	uint64_t (*many_bufsize)(const struct pyipc_chan *c, size_t max);
+	/* A whole message held by the handle (poll cannot see it). */
+	int (*pending)(const struct pyipc_chan *c);
+	/* A message half sent (dir 1) or half received (dir 0). */
+	int (*midframe)(const struct pyipc_chan *c, int dir);
+	/* In a forked child (see forksafe.h): async-signal-safe calls only. */
+	void (*in_child)(struct pyipc_chan *c);
+	/* The descriptors are being closed: close any received ones held. */
+	void (*drop_fds)(struct pyipc_chan *c);
+	/* Free what the kind allocated (the handle itself excepted). */
+	void (*release)(struct pyipc_chan *c);
+	/* 1 if messages may carry descriptors (UNIX sockets). */
+	int passes_fds;
+};
 
 struct pyipc_chan {
+	const struct chan_ops *ops;
 	int rfd; /* receives (and accepts); -1 if none */
 	int wfd; /* sends; -1 if none; may equal rfd */
-	int kind;
+	/* The close protocol (chan_enter/chan_leave). */
 	atomic_int users;    /* calls in progress */
 	atomic_int closed;   /* close() was called */
 	atomic_int fds_done; /* the descriptors are closed (exactly once) */
-	pthread_mutex_t rlock; /* one receiver at a time: framing state */
-	pthread_mutex_t wlock; /* one sender at a time: frames never interleave */
-	uint64_t max_packet;   /* packet kinds: largest message; mq: msgsize */
-
-	/* receive side, under rlock */
-	uint8_t hdr[FRAME_HDR];
-	uint8_t rsmall[1 + CHAN_SMALL + FRAME_AHEAD]; /* see stream_recv */
-	uint8_t *pk;     /* stream sockets: peeked bytes (CHAN_PEEK of them) */
-	uint32_t pk_len; /* bytes peeked */
-	uint32_t pk_off; /* ... of which handed out as messages */
-	unsigned rh;   /* header bytes held */
-	uint64_t rpos; /* payload bytes already in the caller's buffer */
-	char *rbuf;    /* ... which is this one: only it may resume the frame */
-	_Atomic uint64_t need;
-	int cur_fds[CHAN_MAXFDS]; /* descriptors that came with this frame */
-	unsigned ncur;
-	int next_fds[CHAN_MAXFDS]; /* ... and with the next one (read ahead) */
-	unsigned nnext;
-
-	/* send side, under wlock */
-	uint8_t whdr[FRAME_HDR];
-	uint64_t wpos; /* frame bytes already written */
-	const char *wdata; /* the message being written: only it may resume */
-	/* A small frame is copied here and written with one write(): cheaper
-	 * than writev of two pieces.  Large ones go straight from the caller. */
-	uint8_t wsmall[FRAME_HDR + CHAN_SMALL];
-	size_t wlen;
+	/* One sender and one receiver at a time: a message's bytes never
+	 * interleave with another's, and the kind's state has one writer. */
+	pthread_mutex_t rlock;
+	pthread_mutex_t wlock;
+	uint64_t bufsize;     /* what pyipc_chan_bufsize says */
+	_Atomic uint64_t need; /* length of the message -EMSGSIZE refused */
+	struct fork_hook hook;
 };
 
-static inline int64_t chan_now(void)
+/* chan.c: set up the common part of a handle that owns rfd and wfd. */
+int chan_init(struct pyipc_chan *c, const struct chan_ops *ops, int rfd, int wfd);
+/* chan.c: undo chan_init for a handle never handed out (closes nothing). */
+void chan_fini(struct pyipc_chan *c);
+
+/*
+ * The close protocol.  Every call that uses a handle's descriptors brackets
+ * that use with chan_enter (which fails with -EBADF once close() was called)
+ * and chan_leave.  close() marks the handle; the descriptors are closed by
+ * close() itself if no call is in progress, else by the last call to leave,
+ * so no call ever uses a descriptor number that was closed (and maybe reused
+ * for something else) under it.
+ */
+int chan_enter(struct pyipc_chan *c);
+void chan_leave(struct pyipc_chan *c);
+
+/* chan.c: send and receive with a priority (message queues). */
+int chan_send_prio(struct pyipc_chan *c, const char *data, size_t len, unsigned prio,
+		   int64_t deadline);
+int64_t chan_recv_prio(struct pyipc_chan *c, char *buf, uint64_t cap, unsigned *prio,
+		       int64_t deadline);
+
+/* Refuse a message too large for the caller's buffer: it stays queued. */
+static inline int chan_too_large(struct pyipc_chan *c, uint64_t len)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
-}
-
-/* Length of the next wait: the rest of the deadline or one slice.  *last is
- * set when the deadline falls within it (then its end is -ETIMEDOUT, not
- * -EINTR).  Returns -EAGAIN for NOWAIT, -ETIMEDOUT if already past. */
-static inline int chan_slice(int64_t deadline, int64_t *wait, int *last)
-{
-	int64_t left;
-
-	*last = 0;
-	*wait = CHAN_SLICE_NS;
-	if (deadline == CHAN_NOWAIT)
-		return -EAGAIN;
-	if (deadline == CHAN_FOREVER)
-		return 0;
-	left = deadline - chan_now();
-	if (left <= 0)
-		return -ETIMEDOUT;
-	if (left <= CHAN_SLICE_NS) {
-		*wait = left;
-		*last = 1;
-	}
-	return 0;
+	atomic_store_explicit(&c->need, len, memory_order_relaxed);
+	return -EMSGSIZE;
 }
 
 /*
  * Before sleeping, poll without sleeping for a short while.  Waking a
  * process that sleeps on another CPU costs tens of microseconds on both
  * sides; a peer that is merely a little behind is usually back sooner than
- * that.  Returns 1 if fd became ready.
+ * that.  poll() for POLLIN or POLLOUT does not take the lock the peer's I/O
+ * takes (pipes, UNIX sockets, queues), and between polls the CPU is told it
+ * is spinning.  Returns 1 if fd became ready (or poll failed: the caller's
+ * I/O will say why), 0 at `until` or after SPIN_NS.
  */
-static inline int chan_spin(int fd, short events)
+static inline int chan_spin(int fd, short events, int64_t until)
 {
 	struct pollfd p = { .fd = fd, .events = events };
-	int64_t start = chan_now();
+	int64_t end = now_ns() + SPIN_NS;
 	int i;
 
-	do {
-		if (poll(&p, 1, 0) > 0)
-			return 1;
-		for (i = 0; i < 32; i++)
-			__builtin_ia32_pause();
-	} while (chan_now() - start < CHAN_SPIN_NS);
-	return 0;
+	if (end > until)
+		end = until;
+	while (poll(&p, 1, 0) == 0) {
+		for (i = 0; i < 64; i++)
+			cpu_relax();
+		if (now_ns() >= end)
+			return 0;
+	}
+	return 1;
 }
 
-/* Wait for events on fd for at most one slice: 0 when something happened
- * (the caller retries its I/O and sees what), -EAGAIN, -ETIMEDOUT, or -EINTR
- * (slice over or a signal: return to Python, which calls again). */
-static inline int chan_poll(int fd, short events, int64_t deadline)
+/*
+ * Wait for events on fd for at most one slice: 0 when something happened
+ * (the caller retries its I/O and sees what), -EAGAIN (NOWAIT), -ETIMEDOUT,
+ * or -EINTR (the slice ended or a signal came: back to Python, which runs
+ * its signal handlers and calls again).
+ */
+static inline int chan_wait_fd(int fd, short events, int64_t deadline)
 {
 	struct pollfd p = { .fd = fd, .events = events };
 	struct timespec ts;
-	int64_t wait;
-	int last, rc, n;
+	int64_t until, left;
+	int rc, n;
 
-	rc = chan_slice(deadline, &wait, &last);
+	rc = slice_begin(deadline, &until);
 	if (rc)
 		return rc;
-	if (chan_spin(fd, events))
+	if (chan_spin(fd, events, until))
 		return 0;
-	ts.tv_sec = wait / 1000000000ll;
-	ts.tv_nsec = wait % 1000000000ll;
+	left = until - now_ns();
+	ts = ns_to_timespec(left > 0 ? left : 0);
 	n = ppoll(&p, 1, &ts, NULL);
 	if (n < 0)
 		return -errno;
 	if (n == 0)
-		return last ? -ETIMEDOUT : -EINTR;
+		return slice_end(deadline, until);
 	return 0;
 }
 
-/* chan.c: bracket every use of a handle's descriptors (see close_fds). */
-int chan_enter(struct pyipc_chan *c);
-void chan_leave(struct pyipc_chan *c);
+/* fdpass.c: sendmsg/recvmsg with SCM_RIGHTS descriptors. */
+ssize_t fd_sendmsg(int fd, const struct iovec *iov, int n, const int *fds, size_t nfds);
+/* Receive into iov; up to CHAN_MAXFDS passed descriptors land in got
+ * (close-on-exec), any more are closed.  flags: extra MSG_* flags. */
+ssize_t fd_recvmsg(int fd, struct iovec *iov, int n, int *got, unsigned *ngot, int flags);
+/* Close n descriptors, keeping errno. */
+void fds_close(const int *fds, unsigned n);
 
-/* mq.c */
-int mq_chan_send(struct pyipc_chan *c, const char *data, size_t len, unsigned prio,
-		 int64_t deadline);
-int64_t mq_chan_recv(struct pyipc_chan *c, char *buf, uint64_t cap, unsigned *prio,
-		     int64_t deadline);
+/* stream.c: a framed stream channel over a pipe or FIFO (is_socket 0) or
+ * a SOCK_STREAM socket (1); rfd/wfd already non-blocking. */
+int stream_chan_new(int rfd, int wfd, int is_socket, struct pyipc_chan **out);
+
+/* packet.c: a SOCK_SEQPACKET (seqpacket 1) or SOCK_DGRAM socket channel. */
+int packet_chan_new(int fd, int seqpacket, struct pyipc_chan **out);
 
 #endif

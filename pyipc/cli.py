@@ -19,8 +19,9 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import bench
-from ._util import shm_name
+# Only the defaults: the harness itself is imported when `pyipc bench` runs.
+from .bench import DEFAULT_DURATION, DEFAULT_REPEAT, LATENCY_SIZE
+from ._util import format_size, shm_name
 from .errors import CorruptedError
 from .ring import RingBuffer, attach_for_repair
 
@@ -177,7 +178,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [
         ("name", name),
-        ("capacity", f"{info['capacity']} ({bench.format_size(info['capacity'])})"),
+        ("capacity", f"{info['capacity']} ({format_size(info['capacity'])})"),
         ("max_message_size", str(info["max_message_size"])),
     ]
     if "max_messages" in info:
@@ -224,6 +225,9 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         except IsADirectoryError:
             _say(f"{name!r} is a directory, not a ring")
             failed = True
+        except OSError as exc:
+            _say(f"cannot remove {name!r}: {exc.strerror or exc}")
+            failed = True
         else:
             if args.verbose:
                 print(f"removed {name}")
@@ -254,22 +258,25 @@ def _cmd_repair(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import output, runner, transports
+
     if args.list:
-        for t in bench.TRANSPORTS.values():
+        width = max(map(len, transports.TRANSPORTS)) + 2
+        for t in transports.TRANSPORTS.values():
             reason = t.unavailable()
             state = "" if reason is None else f"  [unavailable: {reason}]"
-            print(f"{t.name:<18}{t.note}{state}")
+            print(f"{t.name:<{width}}{t.note}{state}")
         return EXIT_OK
     if args.transports is None:
-        names = list(bench.TRANSPORTS)
+        names = list(transports.TRANSPORTS)
     else:
         names = [n.strip() for n in args.transports.split(",") if n.strip()]
-        unknown = [n for n in names if n not in bench.TRANSPORTS]
+        unknown = [n for n in names if n not in transports.TRANSPORTS]
         if unknown or not names:
             raise _UsageError(f"unknown transport(s): {', '.join(unknown) or '(none given)'}; "
-                              f"known: {', '.join(bench.TRANSPORTS)}")
+                              f"known: {', '.join(transports.TRANSPORTS)}")
     try:
-        sizes = bench.parse_sizes(args.sizes) if args.sizes else list(bench.DEFAULT_SIZES)
+        sizes = runner.parse_sizes(args.sizes) if args.sizes else list(runner.DEFAULT_SIZES)
     except ValueError as exc:
         raise _UsageError(f"--sizes: {exc}") from None
     if args.duration <= 0:
@@ -280,22 +287,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise _OperationalError(
             "--plot needs matplotlib, which is not installed (pip install 'pyipc[plot]')")
-    consumer, producer = bench.pick_cpus()
-    progress = None if args.quiet else bench.stderr_progress()
+    consumer, producer = runner.pick_cpus()
+    progress = None if args.quiet else output.stderr_progress()
     if progress is not None:
         where = ("no pinning: only one CPU" if consumer is None
                  else f"producer on CPU {producer}, consumer on CPU {consumer}")
         progress(f"pyipc bench: {where}")
-    report = bench.run_bench(names, sizes, args.duration, repeat=args.repeat,
-                             latency=args.latency, progress=progress)
+    report = runner.run_bench(names, sizes, args.duration, repeat=args.repeat,
+                              latency=args.latency, progress=progress)
     if progress is not None and sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
-    print(bench.format_table(report))
+    print(output.format_table(report))
     try:
         if args.json:
-            bench.write_json(report, args.json)
+            output.write_json(report, args.json)
         if args.plot:
-            bench.write_plot(report, args.plot)
+            output.write_plot(report, args.plot)
     except OSError as exc:
         raise _OperationalError(f"cannot write {exc.filename}: {exc.strerror}") from None
     return EXIT_OK
@@ -327,13 +334,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="transports to run (default: all; see --list)")
     b.add_argument("--sizes", metavar="S,S,...",
                    help="message sizes, e.g. 64,4K,1M (default: 64,4K,64K,1M)")
-    b.add_argument("--duration", type=float, default=bench.DEFAULT_DURATION, metavar="SECONDS",
+    b.add_argument("--duration", type=float, default=DEFAULT_DURATION, metavar="SECONDS",
                    help="producing time per cell, split over the repetitions "
-                        f"(default: {bench.DEFAULT_DURATION})")
-    b.add_argument("--repeat", type=int, default=bench.DEFAULT_REPEAT, metavar="N",
-                   help=f"runs per cell; the median is reported (default: {bench.DEFAULT_REPEAT})")
+                        f"(default: {DEFAULT_DURATION})")
+    b.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
+                   help=f"runs per cell; the median is reported (default: {DEFAULT_REPEAT})")
     b.add_argument("--latency", action="store_true",
-                   help=f"ping-pong round trips of {bench.LATENCY_SIZE} B messages "
+                   help=f"ping-pong round trips of {LATENCY_SIZE} B messages "
                         "(p50/p99) instead of throughput")
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     b.add_argument("--plot", metavar="FILE.png",
@@ -404,3 +411,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        # What the system refused that no command foresaw: still one line.
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"{where}{exc.strerror or exc}")
+        return EXIT_ERROR

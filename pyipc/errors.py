@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
-from typing import Optional
+from typing import Dict, Optional, Type
 
 __all__ = [
     "IPCError",
@@ -64,9 +64,11 @@ RC_EPIPE = -errno.EPIPE
 RC_ECONNRESET = -errno.ECONNRESET
 RC_EBADMSG = -errno.EBADMSG
 RC_ESHUTDOWN = -errno.ESHUTDOWN
+RC_ENOTRECOVERABLE = -errno.ENOTRECOVERABLE
+RC_EEXIST = -errno.EEXIST
 
 # C return codes with a meaning of pyipc's own; everything else is an OSError.
-_SPECIAL = {
+_SPECIAL: Dict[int, Type[Exception]] = {
     errno.EMSGSIZE: MessageTooLarge,
     errno.EBADMSG: CorruptedError,
     errno.ESHUTDOWN: ShutDown,

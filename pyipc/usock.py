@@ -9,22 +9,27 @@ never SIGPIPE.  A path starting with ``"\\0"`` is in the abstract namespace
 """
 from __future__ import annotations
 
-import errno
 import os
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from ._core import ffi, lib
-from ._util import FOREVER, channel_deadline
-from .channel import DGRAM, LISTENER, SEQPACKET, STREAM, ChannelBase, _close_fds, _closed_error
+from ._util import channel_deadline, check_int, check_mode
+from .channel import ChannelBase, _closed_error, new_handle, readable, wait_fd
 from .errors import error_from
 from .errors import RC_EINTR as _EINTR, RC_EAGAIN as _EAGAIN, RC_ETIMEDOUT as _ETIMEDOUT
+from .errors import RC_EBADF as _EBADF
 
 __all__ = ["SocketChannel", "UnixListener", "socketpair", "unix_connect", "MAX_FDS"]
 
-MAX_FDS = 64  # descriptors one message may carry (CHAN_MAXFDS in C)
-_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) less the final NUL
+MAX_FDS = int(lib.PYIPC_CHAN_MAX_FDS)  # descriptors one message may carry
+_SUN_PATH_MAX = int(lib.PYIPC_UNIX_PATH_MAX)
+_INT_MAX = (1 << 31) - 1
 
-_KINDS = {"stream": STREAM, "seqpacket": SEQPACKET, "dgram": DGRAM}
+_KINDS = {
+    "stream": int(lib.PYIPC_SOCK_STREAM),
+    "seqpacket": int(lib.PYIPC_SOCK_SEQPACKET),
+    "dgram": int(lib.PYIPC_SOCK_DGRAM),
+}
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -32,7 +37,7 @@ PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 def _kind(kind: str, allowed: Sequence[str]) -> int:
     if kind not in allowed:
         raise ValueError(f"kind must be one of {', '.join(map(repr, allowed))}, not {kind!r}")
-    return int(_KINDS[kind])
+    return _KINDS[kind]
 
 
 def _sock_path(path: PathLike) -> bytes:
@@ -50,22 +55,14 @@ def _sock_path(path: PathLike) -> bytes:
     return p
 
 
-def _retry(rc: int, again: Any) -> int:
-    while rc == _EINTR:  # a slice ended: Python runs signal handlers
-        rc = again()
-    if rc == _EAGAIN:
-        rc = _ETIMEDOUT
-    return int(rc)
-
-
 class SocketChannel(ChannelBase):
     """A connected UNIX socket channel (any kind)."""
 
     __slots__ = ("kind",)
 
-    def __init__(self, fd: int, kind: int, name: Optional[str] = None) -> None:
-        super().__init__(fd, fd, kind, name)
-        self.kind = {STREAM: "stream", SEQPACKET: "seqpacket", DGRAM: "dgram"}[kind]
+    def __init__(self, handle: Any, kind: str, name: Optional[str] = None) -> None:
+        super().__init__(handle, name)
+        self.kind = kind
 
     def peer_credentials(self) -> Tuple[int, int, int]:
         """Return the peer's ``(pid, uid, gid)`` (``SO_PEERCRED``): as of
@@ -73,70 +70,60 @@ class SocketChannel(ChannelBase):
         closed, ``OSError`` from the kernel."""
         h = self._check(True, "")
         out = ffi.new("int32_t[1]"), ffi.new("uint32_t[1]"), ffi.new("uint32_t[1]")
-        rc = lib.pyipc_chan_peercred(h, *out)
+        rc = lib.pyipc_usock_peercred(h, *out)
         if rc < 0:
-            raise self._error(rc, h, 0)
+            self._fail(rc, 0)
         return int(out[0][0]), int(out[1][0]), int(out[2][0])
 
     def send_fds(self, data: Any, fds: Sequence[int], timeout: Optional[float] = None) -> None:
         """Send one message with descriptors attached (``SCM_RIGHTS``); the
         receiver gets duplicates, the caller keeps its own.
 
-        Raises ``ValueError`` for more than ``MAX_FDS`` descriptors, and
-        whatever ``send`` raises (``OSError(EBADF)`` for a bad descriptor).
+        Raises ``TypeError`` for a descriptor that is not an int,
+        ``ValueError`` for more than ``MAX_FDS`` descriptors or one out of
+        range, and whatever ``send`` raises (``OSError(EBADF)`` for a
+        descriptor that is not open).
         """
-        h = self._check(True, "send")
-        fdl = [int(f) for f in fds]
+        h = self._check(self._wfd >= 0, "send")
+        fdl = [check_int(f, "a descriptor", 0, _INT_MAX) for f in fds]
         if len(fdl) > MAX_FDS:
             raise ValueError(f"at most {MAX_FDS} descriptors per message")
-        p = ffi.from_buffer("char[]", data)
+        p = readable(data)
         arr = ffi.new("int[]", fdl or [0])
-        dl = FOREVER if timeout is None else channel_deadline(timeout)
+        dl = channel_deadline(timeout)
         send = lib.pyipc_chan_send_fds
-        try:
-            rc = send(h, p, len(p), arr, len(fdl), dl)
-            while rc == _EINTR or rc == -errno.EBUSY:
-                if rc != _EINTR and self._busy(dl):
-                    rc = _ETIMEDOUT
-                    break
-                rc = send(h, p, len(p), arr, len(fdl), dl)
-        except BaseException:
-            self._abort(h, 1)
-            raise
+        rc = send(h, p, len(p), arr, len(fdl), dl)
         if rc:
-            raise self._error(rc, h, 1)
+            self._retry(rc, lambda: int(send(h, p, len(p), arr, len(fdl), dl)), dl, 1)
 
     def recv_fds(self, maxfds: int = MAX_FDS, timeout: Optional[float] = None) -> Tuple[bytes, List[int]]:
         """Receive one message and the descriptors that came with it (the
         caller owns them and must close them; beyond ``maxfds`` they are
-        closed).  Raises what ``recv`` raises."""
-        h = self._check(True, "receive")
-        if not 0 <= maxfds <= MAX_FDS:
-            raise ValueError(f"maxfds must be between 0 and {MAX_FDS}")
-        arr = ffi.new("int[]", max(maxfds, 1))
+        closed).  Raises what ``recv`` raises, and ``ValueError`` for
+        ``maxfds`` outside 0 .. ``MAX_FDS``."""
+        h = self._check(self._rfd >= 0, "receive")
+        k = check_int(maxfds, "maxfds", 0, MAX_FDS)
+        arr = ffi.new("int[]", max(k, 1))
         nfds = ffi.new("size_t *")
-        dl = FOREVER if timeout is None else channel_deadline(timeout)
-        buf = self._pool.pop() if self._pool else self._new_buf(0)
+        dl = channel_deadline(timeout)
+        slot = self._slot
+        if slot is None:
+            slot = self._new_slot()
+        else:
+            self._slot = None
+        box: List[Any] = [slot, self._bufsize]
         recv = lib.pyipc_chan_recv_fds
-        try:
-            n = recv(h, buf, len(buf), arr, maxfds, nfds, dl)
-            while n < 0:
-                if n == -errno.EMSGSIZE:
-                    buf = self._new_buf(int(lib.pyipc_chan_need(h)))
-                elif n == -errno.EBUSY:
-                    if self._busy(dl):
-                        n = _ETIMEDOUT
-                        break
-                elif n != _EINTR:
-                    break
-                n = recv(h, buf, len(buf), arr, maxfds, nfds, dl)
-        except BaseException:
-            self._abort(h, 0)
-            raise
-        if n < 0:
-            raise self._error(n, h, 0)
-        data: bytes = ffi.unpack(buf, n)
-        self._pool.append(buf)
+
+        def again() -> int:
+            return int(recv(h, box[0][0], box[1], arr, k, nfds, dl))
+
+        def grow() -> None:
+            need = int(lib.pyipc_chan_need(h))
+            box[0], box[1] = self._new_slot(need), need
+
+        n = self._retry(again(), again, dl, 0, grow)
+        data: bytes = box[0][1][:n]
+        self._slot = slot
         return data, [int(arr[i]) for i in range(nfds[0])]
 
 
@@ -145,17 +132,10 @@ def socketpair(kind: str = "stream") -> Tuple[SocketChannel, SocketChannel]:
     ``"seqpacket"`` or ``"dgram"``).  Raises ``ValueError`` for another
     kind, ``OSError`` from the kernel."""
     k = _kind(kind, ("stream", "seqpacket", "dgram"))
-    fds = ffi.new("int[2]")
-    rc = lib.pyipc_usock_pair(k, fds)
-    if rc < 0:
-        raise error_from(rc)
-    a, b = fds[0], fds[1]
-    try:
-        first = SocketChannel(a, k)
-    except BaseException:
-        _close_fds(b)
-        raise
-    return first, SocketChannel(b, k)
+    other = ffi.new("pyipc_chan **")
+    first = new_handle(lambda out: lib.pyipc_usock_pair(k, out, other))
+    second = ffi.gc(other[0], lib.pyipc_chan_free)
+    return SocketChannel(first, kind), SocketChannel(second, kind)
 
 
 def unix_connect(path: PathLike, kind: str = "stream", timeout: Optional[float] = None) -> SocketChannel:
@@ -168,24 +148,20 @@ def unix_connect(path: PathLike, kind: str = "stream", timeout: Optional[float] 
     """
     k = _kind(kind, ("stream", "seqpacket"))
     p = _sock_path(path)
-    dl = FOREVER if timeout is None else channel_deadline(timeout)
-    fd = ffi.new("int *")
-    rc = _retry(
-        lib.pyipc_usock_connect(p, len(p), k, dl, fd),
-        lambda: lib.pyipc_usock_connect(p, len(p), k, dl, fd),
-    )
-    if rc < 0:
-        raise error_from(rc, os.fsdecode(p))
-    return SocketChannel(fd[0], k, os.fsdecode(p))
+    dl = channel_deadline(timeout)
+    name = os.fsdecode(p)
+    h = new_handle(lambda out: lib.pyipc_usock_connect(p, len(p), k, dl, out), name)
+    return SocketChannel(h, kind, name)
 
 
 class UnixListener:
     """A listening UNIX socket at ``path`` (``"stream"`` or ``"seqpacket"``).
 
-    The socket file is created with permission bits exactly ``mode`` and is
-    never more open than that, even for an instant; ``close()`` removes the
-    file it created (if it is still that file).  An abstract name (leading
-    ``"\\0"``) has no file.  Raises ``ValueError`` for a bad path or kind,
+    The socket file is created with permission bits exactly ``mode`` (0 to
+    0o7777) and is never more open than that, even for an instant;
+    ``close()`` removes the file it created (if it is still that file).  An
+    abstract name (leading ``"\\0"``) has no file.  Raises ``ValueError``
+    for a bad path, kind, mode or backlog (0 to 2**31 - 1),
     ``OSError(EADDRINUSE)`` if the path is taken.
     """
 
@@ -193,25 +169,20 @@ class UnixListener:
         self._h: Any = None
         k = _kind(kind, ("stream", "seqpacket"))
         p = _sock_path(path)
-        fd = ffi.new("int *")
+        bits = check_mode(mode)
+        n = check_int(backlog, "backlog", 0, _INT_MAX)
         ino = ffi.new("uint64_t *")
         dev = ffi.new("uint64_t *")
-        rc = lib.pyipc_usock_listen(p, len(p), k, mode, backlog, fd, ino, dev)
-        if rc < 0:
-            raise error_from(rc, os.fsdecode(p))
+        h = new_handle(lambda out: lib.pyipc_usock_listen(p, len(p), k, bits, n, out, ino, dev),
+                       os.fsdecode(p))
         self._path = p
         self._pid = os.getpid()
         self._ino = int(ino[0])
         self._dev = int(dev[0])
-        self._kind = k
         self.kind = kind
         self.path: Union[str, bytes] = path if isinstance(path, (str, bytes)) else os.fsdecode(p)
-        self._fd = int(fd[0])
-        try:
-            self._h = ChannelBase(fd[0], -1, LISTENER, os.fsdecode(p))
-        except BaseException:
-            self._unlink()
-            raise
+        self._fd = int(lib.pyipc_chan_fileno(h, 0))
+        self._h = h
 
     def fileno(self) -> int:
         """The listening descriptor (readable when a connection waits)."""
@@ -228,20 +199,20 @@ class UnixListener:
         """Wait for a connection and return its channel.  Raises
         ``TimeoutError`` if none came in time (``timeout=0`` never waits),
         ``ValueError`` if the listener is closed or ``timeout`` negative."""
-        ch = self._h
-        if ch is None:
-            raise _closed_error()
-        h = ch._h
+        h = self._h
         if h is None:
             raise _closed_error()
-        dl = FOREVER if timeout is None else channel_deadline(timeout)
-        fd = ffi.new("int *")
-        rc = _retry(lib.pyipc_usock_accept(h, dl, fd), lambda: lib.pyipc_usock_accept(h, dl, fd))
-        if rc == -errno.EBADF:
+        dl = channel_deadline(timeout)
+        out = ffi.new("pyipc_chan **")
+        rc = lib.pyipc_usock_accept(h, dl, out)
+        while rc == _EINTR:  # a slice ended: Python runs signal handlers
+            rc = lib.pyipc_usock_accept(h, dl, out)
+        if rc == _EBADF:
             raise _closed_error()
         if rc < 0:
-            raise error_from(rc, os.fsdecode(self._path))
-        return SocketChannel(fd[0], self._kind, os.fsdecode(self._path))
+            raise error_from(_ETIMEDOUT if rc == _EAGAIN else rc, os.fsdecode(self._path))
+        return SocketChannel(ffi.gc(out[0], lib.pyipc_chan_free), self.kind,
+                             os.fsdecode(self._path))
 
     async def accept_async(self) -> SocketChannel:
         """Accept a connection, awaiting it with the event loop.  Raises
@@ -251,10 +222,7 @@ class UnixListener:
                 return self.accept(timeout=0)
             except TimeoutError:
                 pass
-            ch = self._h
-            if ch is None:
-                raise _closed_error()
-            await ch._wait_fd(self._fd, False)
+            await wait_fd(self.fileno(), False)
 
     def _unlink(self) -> None:
         # Only the process that made the file removes it: a forked child
@@ -265,10 +233,10 @@ class UnixListener:
     def close(self) -> None:
         """Stop listening and remove the socket file (if this process made
         it and it is still that file); idempotent."""
-        ch = self._h
-        if ch is not None:
+        h = self._h
+        if h is not None:
             self._h = None
-            ch.close()
+            lib.pyipc_chan_close(h)
             self._unlink()
 
     def __enter__(self) -> "UnixListener":

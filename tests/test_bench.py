@@ -8,34 +8,41 @@ from typing import Any, Callable, Tuple
 import pytest
 
 import pyipc
-from pyipc import bench
-from pyipc.bench import runner
+from pyipc._util import format_size
+from pyipc.bench import output, runner, transports
 
-CPUS = bench.pick_cpus()
+CPUS = runner.pick_cpus()
 
 
 def _bench_files() -> set[str]:
-    return {f for f in os.listdir("/dev/shm") if f.startswith("pyipc-bench-")}
+    """What runs of this process left in /dev/shm (the names carry its pid:
+    other runs on the machine do not count)."""
+    pid = f"-{os.getpid()}-"
+    return {f for f in os.listdir("/dev/shm") if f.startswith("pyipc-bench-") and pid in f}
 
 
+@pytest.mark.quick
 def test_parse_sizes() -> None:
     """Sizes accept plain bytes and binary K/M suffixes, in any case."""
-    assert bench.parse_sizes("64,4K,64k,1M,2KiB,3MB") == [64, 4096, 65536, 1 << 20, 2048, 3 << 20]
+    assert runner.parse_sizes("64,4K,64k,1M,2KiB,3MB") == [64, 4096, 65536, 1 << 20, 2048, 3 << 20]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("text", ["", "4G", "K", "-1", "0", "1.5K", "64,,4K"])
 def test_parse_sizes_rejects(text: str) -> None:
     """Anything but a positive whole size with a known unit is a ValueError."""
     with pytest.raises(ValueError):
-        bench.parse_sizes(text)
+        runner.parse_sizes(text)
 
 
+@pytest.mark.quick
 def test_format_size() -> None:
     """Whole KiB and MiB are written as such, the rest in bytes."""
-    assert [bench.format_size(s) for s in (64, 1000, 4096, 1 << 20, 3 << 20, 1500 * 1024)] == [
+    assert [format_size(s) for s in (64, 1000, 4096, 1 << 20, 3 << 20, 1500 * 1024)] == [
         "64 B", "1000 B", "4 KiB", "1 MiB", "3 MiB", "1500 KiB"]
 
 
+@pytest.mark.quick
 def test_pick_cpus() -> None:
     """With two or more CPUs, producer and consumer get two different ones we may run on."""
     consumer, producer = CPUS
@@ -46,13 +53,14 @@ def test_pick_cpus() -> None:
         assert consumer in allowed and producer in allowed and consumer != producer
 
 
+@pytest.mark.quick
 def test_cells_skip_capped_and_object_transports() -> None:
     """Message queues skip sizes above 8 KiB with a reason; object rows run once; latency skips batches."""
     skipped: list[dict[str, Any]] = []
     cells = runner._cells(["posix-ipc", "mp-queue-obj", "ring-batch"], [64, 4096, 65536], "throughput",
                          skipped)
     runnable = [(t.name, s) for t, s in cells]
-    if bench.TRANSPORTS["posix-ipc"].unavailable() is None:
+    if transports.TRANSPORTS["posix-ipc"].unavailable() is None:
         assert ("posix-ipc", 64) in runnable and ("posix-ipc", 4096) in runnable
         assert {"transport": "posix-ipc", "size": 65536,
                 "reason": "messages are capped at 8 KiB"} in skipped
@@ -61,28 +69,28 @@ def test_cells_skip_capped_and_object_transports() -> None:
 
     skipped = []
     cells = runner._cells(["ring", "ring-batch", "mp-queue-obj"], [64], "latency", skipped)
-    assert [(t.name, s) for t, s in cells] == [("ring", bench.LATENCY_SIZE)]
+    assert [(t.name, s) for t, s in cells] == [("ring", runner.LATENCY_SIZE)]
     assert {s["transport"] for s in skipped} == {"ring-batch", "mp-queue-obj"}
 
 
 def test_unknown_transport_raises() -> None:
     """run_bench refuses a name it does not know before running anything."""
     with pytest.raises(KeyError):
-        bench.run_bench(["ring", "no-such"], [64], 0.1)
+        runner.run_bench(["ring", "no-such"], [64], 0.1)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("name", list(bench.TRANSPORTS))
+@pytest.mark.parametrize("name", list(transports.TRANSPORTS))
 def test_every_transport_delivers_everything(name: str) -> None:
     """Each available transport carries every message, whole, at 64 B and 64 KiB (or its cap)."""
-    t = bench.TRANSPORTS[name]
+    t = transports.TRANSPORTS[name]
     reason = t.unavailable()
     if reason is not None:
         pytest.skip(reason)
     before = _bench_files()
     sizes = [64, 65536] if t.max_size is None else [64, t.max_size]
     for size in sizes:
-        r = bench.run_throughput(t, size, 0.05, CPUS)
+        r = runner.run_throughput(t, size, 0.05, CPUS)
         assert "error" not in r, r
         assert r["messages"] > 0 and r["msg_per_s"] > 0
     assert _bench_files() == before
@@ -92,7 +100,7 @@ def test_every_transport_delivers_everything(name: str) -> None:
 @pytest.mark.parametrize("name", ["ring", "mp-pipe", "raw-socket"])
 def test_latency_run(name: str) -> None:
     """A ping-pong run reports ordered percentiles over many rounds."""
-    r = bench.run_latency(bench.TRANSPORTS[name], 0.1, CPUS)
+    r = runner.run_latency(transports.TRANSPORTS[name], 0.1, CPUS)
     assert "error" not in r, r
     assert r["rounds"] > 0
     assert 0 < r["p50_us"] <= r["p99_us"]
@@ -115,26 +123,26 @@ def _temp_file_destroy(state: Tuple[int, int, str]) -> None:
     os.unlink(state[2])
 
 
-def _broken(sender: Callable[[Any, int], Any], name: str = "broken") -> bench.Transport:
-    raw = bench.TRANSPORTS["raw-pipe"]
-    return bench.Transport(
+def _broken(sender: Callable[[Any, int], Any], name: str = "broken") -> transports.Transport:
+    raw = transports.TRANSPORTS["raw-pipe"]
+    return transports.Transport(
         name, "bytes", "", (), _temp_file_state, sender,
         lambda s, size: raw.receiver(s[:2], size), _temp_file_destroy,
     )
 
 
 def _short_sender(state: Any, size: int) -> Any:
-    send, close = bench.TRANSPORTS["raw-pipe"].sender(state[:2], size)
+    send, close = transports.TRANSPORTS["raw-pipe"].sender(state[:2], size)
     return (lambda msg: send(msg[:-1] if msg else msg)), close
 
 
 def _garbled_sender(state: Any, size: int) -> Any:
-    send, close = bench.TRANSPORTS["raw-pipe"].sender(state[:2], size)
+    send, close = transports.TRANSPORTS["raw-pipe"].sender(state[:2], size)
     return (lambda msg: send(bytes(len(msg)))), close
 
 
 def _lossy_sender(state: Any, size: int) -> Any:
-    send, close = bench.TRANSPORTS["raw-pipe"].sender(state[:2], size)
+    send, close = transports.TRANSPORTS["raw-pipe"].sender(state[:2], size)
     calls = [0]
 
     def lossy(msg: bytes) -> None:
@@ -173,7 +181,7 @@ def test_misbehaving_transport_is_reported_and_cleaned_up(sender: Any, words: st
     t.create = tracking_create
     # A crashing producer leaves the consumer waiting for a stop message that
     # never comes: the parent must stop it rather than wait for its timeout.
-    r = bench.run_throughput(t, 64, 0.05, CPUS)
+    r = runner.run_throughput(t, 64, 0.05, CPUS)
     assert words in r["error"]
     assert made and not os.path.exists(made[0])
 
@@ -181,7 +189,7 @@ def test_misbehaving_transport_is_reported_and_cleaned_up(sender: Any, words: st
 @pytest.mark.timeout(60)
 def test_report_table_and_json() -> None:
     """run_bench keeps the median of the runs, computes ratios to mp-queue, and renders table and JSON."""
-    report = bench.run_bench(["ring", "mp-queue", "mp-queue-obj", "posix-ipc"], [64, 16384], 0.15,
+    report = runner.run_bench(["ring", "mp-queue", "mp-queue-obj", "posix-ipc"], [64, 16384], 0.15,
                              repeat=3)
     rows = {(r["transport"], r["size"]): r for r in report.results}
     for key in [("ring", 64), ("ring", 16384), ("mp-queue", 64), ("mp-queue-obj", None)]:
@@ -191,10 +199,10 @@ def test_report_table_and_json() -> None:
     assert rows[("mp-queue", 16384)]["vs_mp_queue"] == 1.0
     assert rows[("mp-queue-obj", None)]["vs_mp_queue"] == 1.0
     assert rows[("mp-queue-obj", None)]["mb_per_s"] is None
-    table = bench.format_table(report)
+    table = output.format_table(report)
     assert "messages of 64 B" in table and "messages of 16 KiB" in table
     assert "Python objects" in table
-    if bench.TRANSPORTS["posix-ipc"].unavailable() is None:
+    if transports.TRANSPORTS["posix-ipc"].unavailable() is None:
         assert "posix-ipc at 16 KiB: messages are capped at 8 KiB" in table
     data = report.to_json()
     assert data["mode"] == "throughput" and data["repeat"] == 3
@@ -202,7 +210,7 @@ def test_report_table_and_json() -> None:
 
 
 def _too_large_sender(state: Any, size: int) -> Any:
-    send, close = bench.TRANSPORTS["raw-pipe"].sender(state[:2], size)
+    send, close = transports.TRANSPORTS["raw-pipe"].sender(state[:2], size)
 
     def limited(msg: bytes) -> None:
         if len(msg) > 1024:
@@ -215,9 +223,25 @@ def _too_large_sender(state: Any, size: int) -> Any:
 @pytest.mark.timeout(60)
 def test_message_too_large_is_a_skip(monkeypatch: pytest.MonkeyPatch) -> None:
     """A transport that cannot carry a size is listed as skipped at that size, not as failed."""
-    monkeypatch.setitem(bench.TRANSPORTS, "limited", _broken(_too_large_sender, "limited"))
-    report = bench.run_bench(["limited"], [64, 4096], 0.1, repeat=2)
+    monkeypatch.setitem(transports.TRANSPORTS, "limited", _broken(_too_large_sender, "limited"))
+    report = runner.run_bench(["limited"], [64, 4096], 0.1, repeat=2)
     assert [(r["transport"], r["size"]) for r in report.results] == [("limited", 64)]
     assert "error" not in report.results[0]
     assert report.skipped == [{"transport": "limited", "size": 4096,
                                "reason": "a 4 KiB message is too large for it"}]
+
+
+@pytest.mark.timeout(60)
+def test_channel_rows_get_their_baseline_ratio() -> None:
+    """A channel row is compared with its baseline measured in the same run, in the table's last section."""
+    report = runner.run_bench(["pipe", "pipe-batch", "raw-pipe", "mqueue"], [64], 0.1, repeat=1)
+    rows = {r["transport"]: r for r in report.results}
+    for name in ("pipe", "pipe-batch"):
+        assert rows[name]["baseline"] == "raw-pipe"
+        assert rows[name]["vs_baseline"] == pytest.approx(
+            rows[name]["msg_per_s"] / rows["raw-pipe"]["msg_per_s"])
+    assert "vs_baseline" not in rows["raw-pipe"]
+    assert "vs_baseline" not in rows["mqueue"]  # posix-ipc did not run
+    table = output.format_table(report)
+    assert "against the same kernel primitive" in table
+    assert "pipe-batch" in table.split("against the same kernel primitive")[1]

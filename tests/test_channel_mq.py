@@ -3,31 +3,23 @@ bits, descriptors, and traffic between processes."""
 from __future__ import annotations
 
 import os
+import selectors
 import stat
 import subprocess
 import sys
 import textwrap
-from typing import Callable, Iterator, List
+from typing import Any, Callable, List
 
 import pytest
 
 import pyipc
-from chan_helpers import mq_name
 from pyipc._core import lib
 
 
 @pytest.fixture
-def qname() -> Iterator[Callable[[], str]]:
+def qname(channels: Any) -> Callable[[], str]:
     """Make unique queue names; every one is unlinked after the test."""
-    made: List[str] = []
-
-    def make() -> str:
-        made.append(mq_name())
-        return made[-1]
-
-    yield make
-    for n in made:
-        lib.pyipc_mq_unlink(("/" + n).encode())
+    return channels.queue_name  # type: ignore[no-any-return]
 
 
 def test_create_attach_attributes(qname: Callable[[], str]) -> None:
@@ -204,3 +196,67 @@ def test_across_fork(qname: Callable[[], str]) -> None:
         finally:
             _, status = os.waitpid(pid, 0)
         assert status == 0
+
+
+# ---- what fuzzing found: every bad input is a clear exception ----
+
+
+def test_mode_is_exact_or_refused(qname: Callable[[], str]) -> None:
+    """mode is 0 to 0o7777 (applied exactly); more, negative or not an int
+    is refused before the queue is made."""
+    for bad in (0o10000, -1, 2**64):
+        name = qname()
+        with pytest.raises(ValueError):
+            pyipc.MessageQueue(name, create=True, mode=bad)
+        with pytest.raises(FileNotFoundError):
+            pyipc.MessageQueue(name)
+    with pytest.raises(TypeError):
+        pyipc.MessageQueue(qname(), create=True, mode="600")  # type: ignore[arg-type]
+    with pyipc.MessageQueue(qname(), create=True, mode=0o7777) as q:
+        assert stat.S_IMODE(os.fstat(q.fileno()).st_mode) == 0o7777
+
+
+@pytest.mark.parametrize("bad", [-1, 32768, 2**32, 2**64])
+def test_priority_out_of_range_is_a_value_error(qname: Callable[[], str], bad: int) -> None:
+    """A priority outside 0..32767 is ValueError (never OverflowError), and
+    nothing is sent."""
+    with pyipc.MessageQueue(qname(), create=True) as q:
+        with pytest.raises(ValueError):
+            q.send(b"x", priority=bad)
+        with pytest.raises(TypeError):
+            q.send(b"x", priority=1.0)  # type: ignore[arg-type]
+        assert q.qsize() == 0
+        q.send(b"top", priority=32767)
+        assert q.recv_with_priority(timeout=5) == (b"top", 32767)
+
+
+def test_geometry_out_of_range_is_a_value_error(qname: Callable[[], str]) -> None:
+    """max_messages and max_message_size of 2**64 (or more) are ValueError."""
+    with pytest.raises(ValueError):
+        pyipc.MessageQueue(qname(), create=True, max_messages=2**64)
+    with pytest.raises(ValueError):
+        pyipc.MessageQueue(qname(), create=True, max_message_size=10**100)
+
+
+def test_kept_message_goes_first_everywhere(qname: Callable[[], str]) -> None:
+    """The message a too small recv_into refused is the next one whatever
+    receives it (recv_many too), qsize counts it, and pending() tells what
+    the descriptor cannot."""
+    with pyipc.MessageQueue(qname(), create=True) as q:
+        q.send(b"long message", priority=2)
+        q.send(b"next")
+        with pytest.raises(pyipc.MessageTooLarge):
+            q.recv_into(bytearray(4), timeout=5)
+        assert q.pending() and q.qsize() == 2
+        assert q.recv_many(5, timeout=5) == [b"long message", b"next"]
+        assert not q.pending()
+        q.send(b"long message")
+        with pytest.raises(pyipc.MessageTooLarge):
+            q.recv_into(bytearray(4), timeout=5)
+        # The descriptor does not show a kept message: pending() does.
+        with selectors.DefaultSelector() as sel:
+            sel.register(q, selectors.EVENT_READ)
+            assert sel.select(timeout=0) == []
+        assert q.pending()
+        assert q.recv(timeout=0) == b"long message"
+        assert not q.pending()

@@ -8,23 +8,18 @@ import stat
 import subprocess
 import sys
 import textwrap
-import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import pyipc
+from pyipc._core import lib
 
 
 @pytest.fixture
-def fifo_path() -> Iterator[str]:
+def fifo_path(channels: Any) -> str:
     """A FIFO path in /tmp, removed after the test."""
-    path = f"/tmp/pyipc-fifo-{uuid.uuid4().hex[:10]}"
-    yield path
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    return channels.path(".fifo")  # type: ignore[no-any-return]
 
 
 def _run(code: str, timeout: float = 30, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -99,9 +94,15 @@ def test_sigpipe_handler_not_called() -> None:
     assert out.stdout.strip() == "0"
 
 
+def _state(pid: int) -> str:
+    """The state letter of process pid (R running, S sleeping, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("kind", ["pipe", "stream", "seqpacket", "dgram", "mq"])
-def test_ctrl_c_interrupts_blocked_recv(kind: str) -> None:
+def test_ctrl_c_interrupts_blocked_recv(kind: str, wait_until: Any) -> None:
     """SIGINT to a process blocked in recv(timeout=None) raises
     KeyboardInterrupt there (the process exits with it, not hung)."""
     code = f"""
@@ -125,9 +126,9 @@ def test_ctrl_c_interrupts_blocked_recv(kind: str) -> None:
     try:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
-        import time
-
-        time.sleep(0.3)
+        # The child has one thread, which after "ready" only sleeps in
+        # recv's wait: once asleep ('S'), it is blocked there.
+        wait_until(lambda: _state(p.pid) == "S")
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=10)
         assert out.strip() == "interrupted"
@@ -226,20 +227,15 @@ def test_garbage_stream_is_corrupted() -> None:
 def test_fifo_between_unrelated_processes(fifo_path: str) -> None:
     """Two unrelated processes talk through a named FIFO: the writer waits
     for the reader, messages keep their boundaries, the reader sees EOF."""
+    r = pyipc.open_fifo(fifo_path, "r", create=True)
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import pyipc
-        w = pyipc.open_fifo({fifo_path!r}, "w", create=True, timeout=20)
+        w = pyipc.open_fifo({fifo_path!r}, "w", timeout=20)
         for m in (b"", b"one", b"x" * 1000000):
             w.send(m)
         w.close()
     """)])
     try:
-        import time
-
-        t0 = time.monotonic()
-        while not os.path.exists(fifo_path) and time.monotonic() - t0 < 20:
-            time.sleep(0.01)
-        r = pyipc.open_fifo(fifo_path, "r")
         with r:
             assert r.recv(timeout=20) == b""
             assert r.recv(timeout=20) == b"one"
@@ -300,3 +296,71 @@ def test_fifo_validation(fifo_path: str, tmp_path: object) -> None:
         pass
     with pytest.raises(OSError):
         pyipc.open_fifo(fifo_path, "r")
+
+
+def test_fifo_mode_is_exact_or_refused(fifo_path: str) -> None:
+    """A FIFO gets exactly mode, 0 to 0o7777; more, negative or not an int
+    is refused before anything is made."""
+    for bad in (0o10000, -1, 2**64):
+        with pytest.raises(ValueError):
+            pyipc.open_fifo(fifo_path, "r", create=True, mode=bad)
+    with pytest.raises(TypeError):
+        pyipc.open_fifo(fifo_path, "r", create=True, mode=0.5)  # type: ignore[arg-type]
+    assert not os.path.exists(fifo_path)
+    with pyipc.open_fifo(fifo_path, "r", create=True, mode=0o7777):
+        assert stat.S_IMODE(os.lstat(fifo_path).st_mode) == 0o7777
+        with pyipc.open_fifo(fifo_path, "w", timeout=float("inf")) as w:
+            w.send(b"exact")
+
+
+@pytest.mark.timeout(30)
+def test_recv_timeout_inside_small_message_keeps_it() -> None:
+    """A receive that times out with part of a small message in hand keeps
+    it: the channel stays open and the next receive returns it whole."""
+    r, w = pyipc.pipe()
+    with r, w:
+        frame = (10).to_bytes(7, "little") + b"\xa5" + b"0123456789"
+        os.write(w.fileno(), frame[:12])
+        with pytest.raises(TimeoutError):
+            r.recv(timeout=0.05)
+        assert not r.closed
+        os.write(w.fileno(), frame[12:])
+        assert r.recv(timeout=5) == b"0123456789"
+
+
+@pytest.mark.timeout(60)
+def test_fork_in_the_middle_of_a_send_is_out_of_step_in_the_child() -> None:
+    """A child forked while a parent thread is half-way through sending a
+    large message on a pipe cannot send on it (IPCError: its frames would
+    interleave with the parent's), and can still close it; the parent's
+    message arrives whole."""
+    import threading
+    import warnings
+
+    r, w = pyipc.pipe()
+    big = b"L" * (1 << 20)
+    t = threading.Thread(target=w.send, args=(big, 30))
+    t.start()
+    h = w._h
+    # Inside send, with part of the message in the pipe (it holds 64 KiB).
+    while not (lib.pyipc_chan_calls(h) and lib.pyipc_chan_midframe(h, 1)):
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            w.send(b"child", timeout=1)
+        except pyipc.IPCError:
+            w.close()
+            code = 0 if w.closed else 2
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    with r:
+        assert r.recv(timeout=30) == big
+    t.join(30)
+    w.close()

@@ -9,23 +9,17 @@ import sys
 import textwrap
 import threading
 import uuid
-from typing import Iterator, List
+from typing import Any, List
 
 import pytest
 
 import pyipc
-from chan_helpers import Made, made, make_pair, sock_path  # noqa: F401
 
 
 @pytest.fixture
-def path() -> Iterator[str]:
+def path(channels: Any) -> str:
     """A socket path, removed after the test if anything is left there."""
-    p = sock_path()
-    yield p
-    try:
-        os.unlink(p)
-    except FileNotFoundError:
-        pass
+    return channels.path()  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("kind", ["stream", "seqpacket"])
@@ -190,10 +184,10 @@ def test_peer_credentials_other_process(path: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["stream", "seqpacket", "dgram", "listener"])
-def test_fd_passing(kind: str, made: Made) -> None:
+def test_fd_passing(kind: str, channels: Any) -> None:
     """send_fds/recv_fds pass open descriptors: the receiver reads what the
     sender's pipe holds; messages without descriptors give an empty list."""
-    tx, rx = make_pair(kind, made)
+    tx, rx = channels.pair(kind)
     r, w = os.pipe()
     try:
         os.write(w, b"through the fd")
@@ -215,10 +209,10 @@ def test_fd_passing(kind: str, made: Made) -> None:
         os.close(w)
 
 
-def test_fd_passing_back_to_back(made: Made) -> None:
+def test_fd_passing_back_to_back(channels: Any) -> None:
     """Several messages with descriptors sent before any is received each
     get their own descriptors (the stream reader reads ahead)."""
-    tx, rx = make_pair("stream", made)
+    tx, rx = channels.pair("stream")
     pipes = [os.pipe() for _ in range(4)]
     try:
         for i, (r, w) in enumerate(pipes):
@@ -235,10 +229,10 @@ def test_fd_passing_back_to_back(made: Made) -> None:
             os.close(w)
 
 
-def test_fds_dropped_by_plain_recv_are_closed(made: Made) -> None:
+def test_fds_dropped_by_plain_recv_are_closed(channels: Any) -> None:
     """A plain recv of a message that carried descriptors closes them (they
     do not leak), and recv_fds(maxfds) closes the extra ones."""
-    tx, rx = make_pair("stream", made)
+    tx, rx = channels.pair("stream")
     r, w = os.pipe()
     try:
         before = len(os.listdir("/proc/self/fd"))
@@ -254,10 +248,10 @@ def test_fds_dropped_by_plain_recv_are_closed(made: Made) -> None:
         os.close(w)
 
 
-def test_fd_passing_errors(made: Made) -> None:
+def test_fd_passing_errors(channels: Any) -> None:
     """Too many descriptors is a ValueError, a bad one OSError(EBADF) (the
     channel stays open); pipes have no send_fds."""
-    tx, _ = make_pair("stream", made)
+    tx, _ = channels.pair("stream")
     with pytest.raises(ValueError):
         tx.send_fds(b"x", [0] * 65)
     r, w = os.pipe()
@@ -271,13 +265,13 @@ def test_fd_passing_errors(made: Made) -> None:
         assert not hasattr(w, "send_fds")
 
 
-def test_packet_too_large(made: Made) -> None:
+def test_packet_too_large(channels: Any) -> None:
     """A datagram larger than the socket can ever carry raises
     MessageTooLarge."""
-    tx, _ = make_pair("dgram", made)
+    tx, _ = channels.pair("dgram")
     with pytest.raises(pyipc.MessageTooLarge):
         tx.send(b"x" * (64 << 20))
-    tx2, _ = make_pair("seqpacket", made)
+    tx2, _ = channels.pair("seqpacket")
     with pytest.raises(pyipc.MessageTooLarge):
         tx2.send(b"x" * (64 << 20))
 
@@ -329,10 +323,10 @@ def test_stream_torn_frame_and_garbage() -> None:
                 b.recv(timeout=5)
 
 
-def test_stream_batches_keep_order_and_sizes(made: Made) -> None:
+def test_stream_batches_keep_order_and_sizes(channels: Any) -> None:
     """Many small messages queued at once, with large ones and empty ones
     between them, come out in order (the batched receive path)."""
-    tx, rx = make_pair("stream", made)
+    tx, rx = channels.pair("stream")
     msgs = [os.urandom(n % 200) for n in range(300)] + [os.urandom(200_000), b""]
     t = threading.Thread(target=lambda: [tx.send(m, timeout=30) for m in msgs])
     t.start()
@@ -359,7 +353,7 @@ def test_listener_selectors_and_accept_async(path: str) -> None:
 
         async def main() -> bytes:
             task = asyncio.ensure_future(lst.accept_async())
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0)  # the task runs up to its wait
             c = pyipc.unix_connect(path, timeout=5)
             s = await asyncio.wait_for(task, 5)
             with c, s:
@@ -382,3 +376,59 @@ def test_forked_child_close_keeps_file(path: str) -> None:
         with pyipc.unix_connect(path, timeout=5):
             lst.accept(timeout=5).close()
     assert not os.path.exists(path)
+
+
+# ---- what fuzzing found: every bad input is a clear exception ----
+
+
+def test_listener_mode_is_exact_or_refused(path: str) -> None:
+    """mode is permission bits, 0 to 0o7777, given to the file exactly
+    (0o7777 included); more, negative or not an int is refused before
+    anything is made."""
+    with pyipc.UnixListener(path, mode=0o7777):
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o7777
+    for bad in (0o10000, -1, 2**64):
+        with pytest.raises(ValueError):
+            pyipc.UnixListener(path, mode=bad)
+    with pytest.raises(TypeError):
+        pyipc.UnixListener(path, mode=0.5)  # type: ignore[arg-type]
+    assert not os.path.exists(path)
+
+
+def test_listener_backlog_range(path: str) -> None:
+    """backlog is 0 to 2**31 - 1 (ValueError beyond, never OverflowError)."""
+    pyipc.UnixListener(path, backlog=0).close()
+    pyipc.UnixListener(path, backlog=2**31 - 1).close()
+    for bad in (2**31, -1, 2**64):
+        with pytest.raises(ValueError):
+            pyipc.UnixListener(path, backlog=bad)
+
+
+def test_descriptors_must_be_ints_in_range(channels: Any) -> None:
+    """send_fds takes ints only (a float is TypeError, not fd 1) in range
+    (ValueError); recv_fds's maxfds is 0 to MAX_FDS."""
+    tx, rx = channels.pair("stream")
+    with pytest.raises(TypeError):
+        tx.send_fds(b"m", [1.5])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        tx.send_fds(b"m", ["1"])  # type: ignore[list-item]
+    for bad in (2**31, -1, 2**64):
+        with pytest.raises(ValueError):
+            tx.send_fds(b"m", [bad])
+    with pytest.raises(TypeError):
+        tx.send_fds(memoryview(b"abcd")[::2], [0])
+    for bad in (-1, 65, 2**40):
+        with pytest.raises(ValueError):
+            rx.recv_fds(maxfds=bad, timeout=0)
+    with pytest.raises(TimeoutError):
+        rx.recv(timeout=0)  # nothing was sent by the refused calls
+    assert pyipc.usock.MAX_FDS == 64
+
+
+def test_infinite_timeouts_connect_and_accept(path: str) -> None:
+    """unix_connect and accept take timeout=inf as "wait for ever"."""
+    with pyipc.UnixListener(path) as lst:
+        with pyipc.unix_connect(path, timeout=float("inf")) as c, \
+                lst.accept(timeout=float("inf")) as s:
+            c.send(b"inf")
+            assert s.recv(timeout=float("inf")) == b"inf"

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -190,17 +190,28 @@ def test_rm_bad_name_is_usage_error(shm_name: Callable[[], str]) -> None:
     assert a in shm_files()
 
 
-def _bench_files() -> set[str]:
-    return {f for f in shm_files() if f.startswith("pyipc-bench-")}
+def _bench_files(pid: int) -> set[str]:
+    """The segments and queues a bench run by process ``pid`` left (their
+    names carry its pid: other runs on the machine do not count)."""
+    return {f for f in shm_files() if f.startswith("pyipc-bench-") and f"-{pid}-" in f}
+
+
+def run_with_pid(*args: str, timeout: float = 110) -> Tuple[subprocess.CompletedProcess[str], int]:
+    p = subprocess.Popen([*PY_M, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        p.kill()
+        p.wait()
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err), p.pid
 
 
 @pytest.mark.timeout(120)
 def test_bench_json(tmp_path: Path) -> None:
     """A short bench run prints the table, writes well-formed JSON and leaves no segment behind."""
-    before = _bench_files()
     out = tmp_path / "out.json"
-    p = run("bench", "--duration", "0.2", "--sizes", "64", "--transports", "ring,mp-queue",
-            "--json", str(out), timeout=110)
+    p, pid = run_with_pid("bench", "--duration", "0.2", "--sizes", "64", "--transports",
+                          "ring,mp-queue", "--json", str(out))
     assert p.returncode == 0, p.stderr
     assert "msg/s" in p.stdout and "mp-queue" in p.stdout
     assert "] ring 64 B" in p.stderr  # the progress line
@@ -221,7 +232,7 @@ def test_bench_json(tmp_path: Path) -> None:
     assert rows["mp-queue"]["vs_mp_queue"] == 1.0
     assert rows["ring"]["vs_mp_queue"] == pytest.approx(
         rows["ring"]["msg_per_s"] / rows["mp-queue"]["msg_per_s"])
-    assert _bench_files() == before
+    assert _bench_files(pid) == set()
 
 
 @pytest.mark.timeout(120)
@@ -285,3 +296,34 @@ def test_bench_list() -> None:
     names = [ln.split()[0] for ln in p.stdout.splitlines()]
     assert names[:2] == ["ring", "ring-batch"]
     assert {"mp-queue", "mp-pipe", "raw-pipe", "raw-socket", "iceoryx2"} <= set(names)
+
+
+@pytest.fixture
+def shm_dir(shm_name: Callable[[], str]) -> Iterator[str]:
+    """A directory in /dev/shm where a segment's name would be, removed after."""
+    name = shm_name()
+    os.mkdir(f"/dev/shm/{name}")
+    try:
+        yield name
+    finally:
+        os.rmdir(f"/dev/shm/{name}")
+
+
+@pytest.mark.parametrize("cmd", [["rm", "--force"], ["rm"], ["info"]])
+def test_directory_is_a_one_line_error(cmd: List[str], shm_dir: str) -> None:
+    """A directory where a segment should be is one `pyipc:` line and exit 1, never a traceback."""
+    p = run(*cmd, shm_dir)
+    assert_clean_error(p, 1, "pyipc: ")
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_commands_other_than_bench_do_not_import_the_harness(shm_name: Callable[[], str]) -> None:
+    """`pyipc ls`, `info` and `rm` leave the benchmark harness unimported."""
+    code = (
+        "import sys; from pyipc.cli import main; "
+        f"main(['ls']); main(['info', {shm_name()!r}]); main(['rm', {shm_name()!r}]); "
+        "print(sorted(m for m in sys.modules if m.startswith('pyipc.bench.')))"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[]"

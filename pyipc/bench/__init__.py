@@ -1,42 +1,17 @@
 """``pyipc bench``: a cross-process benchmark of every transport.
 
 ``transports`` defines what is measured, ``runner`` how (two pinned
-processes, medians of several runs), ``output`` how it is shown.
+processes, medians of several runs), ``output`` how it is shown.  This
+package itself holds only the defaults: ``pyipc`` imports the harness when
+``pyipc bench`` runs, never for its other commands.
 """
 from __future__ import annotations
 
-from .output import format_table, stderr_progress, write_json, write_plot
-from .runner import (
-    DEFAULT_DURATION,
-    DEFAULT_REPEAT,
-    DEFAULT_SIZES,
-    LATENCY_SIZE,
-    Report,
-    format_size,
-    parse_sizes,
-    pick_cpus,
-    run_bench,
-    run_latency,
-    run_throughput,
-)
-from .transports import TRANSPORTS, Transport
+__all__ = ["DEFAULT_SIZES", "DEFAULT_REPEAT", "DEFAULT_DURATION", "LATENCY_SIZE"]
 
-__all__ = [
-    "DEFAULT_DURATION",
-    "DEFAULT_REPEAT",
-    "DEFAULT_SIZES",
-    "LATENCY_SIZE",
-    "Report",
-    "TRANSPORTS",
-    "Transport",
-    "format_size",
-    "format_table",
-    "parse_sizes",
-    "pick_cpus",
-    "run_bench",
-    "run_latency",
-    "run_throughput",
-    "stderr_progress",
-    "write_json",
-    "write_plot",
-]
+DEFAULT_SIZES = (64, 4096, 65536, 1 << 20)
+DEFAULT_REPEAT = 3
+# The whole default table (about 90 cells) should take about two minutes on
+# two CPUs: 1 s of producing per cell, split over the repetitions.
+DEFAULT_DURATION = 1.0
+LATENCY_SIZE = 64

@@ -6,7 +6,9 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from .runner import LATENCY_SIZE, Progress, Report, format_size
+from .._util import format_size
+from . import LATENCY_SIZE
+from .runner import Progress, Report
 from .transports import BASELINE, BASELINE_OBJ, INTO_FROM
 
 __all__ = ["format_table", "write_json", "write_plot", "stderr_progress"]
@@ -26,6 +28,9 @@ def _cpu_line(cpus: Tuple[Optional[int], Optional[int]], mode: str = "throughput
 
 def format_table(report: Report) -> str:
     """The report as the text table printed at the end of ``pyipc bench``."""
+    # The name column fits the longest name ("socket-seqpacket-batch").
+    w = max([18] + [len(r["transport"]) + len(" (into)") * bool(r.get("receive")) + 2
+                    for r in report.results])
     lines = [
         f"pyipc bench ({report.mode}): {_cpu_line(report.cpus, report.mode)}; "
         f"median of {report.repeat} runs of {report.duration / report.repeat:.2f} s per cell",
@@ -33,12 +38,12 @@ def format_table(report: Report) -> str:
     if report.mode == "latency":
         lines.append("")
         lines.append(f"round trip of {LATENCY_SIZE} B messages (ping-pong)")
-        lines.append(f"{'transport':<18}{'p50 us':>10}{'p99 us':>10}{'rounds':>10}")
+        lines.append(f"{'transport':<{w}}{'p50 us':>10}{'p99 us':>10}{'rounds':>10}")
         for row in report.results:
             if "error" in row:
-                lines.append(f"{row['transport']:<18}  failed: {row['error']}")
+                lines.append(f"{row['transport']:<{w}}  failed: {row['error']}")
             else:
-                lines.append(f"{row['transport']:<18}{row['p50_us']:>10.1f}"
+                lines.append(f"{row['transport']:<{w}}{row['p50_us']:>10.1f}"
                              f"{row['p99_us']:>10.1f}{row['rounds']:>10}")
     else:
         groups: Dict[Optional[int], List[Dict[str, Any]]] = {}
@@ -50,15 +55,24 @@ def format_table(report: Report) -> str:
                 lines.append(f"Python objects: a tuple of five ints (ratio to {BASELINE_OBJ})")
             else:
                 lines.append(f"messages of {format_size(size)} (ratio to {BASELINE})")
-            lines.append(f"{'transport':<18}{'msg/s':>14}{'MB/s':>11}{'ratio':>9}")
+            lines.append(f"{'transport':<{w}}{'msg/s':>14}{'MB/s':>11}{'ratio':>9}")
             for row in rows:
                 name = row["transport"] + (" (into)" if row.get("receive") else "")
                 if "error" in row:
-                    lines.append(f"{name:<18}  failed: {row['error']}")
+                    lines.append(f"{name:<{w}}  failed: {row['error']}")
                     continue
                 mb = "" if row["mb_per_s"] is None else f"{row['mb_per_s']:,.1f}"
                 ratio = f"{row['vs_mp_queue']:.2f}x" if "vs_mp_queue" in row else "-"
-                lines.append(f"{name:<18}{_fmt_rate(row['msg_per_s']):>14}{mb:>11}{ratio:>9}")
+                lines.append(f"{name:<{w}}{_fmt_rate(row['msg_per_s']):>14}{mb:>11}{ratio:>9}")
+    based = [r for r in report.results if "vs_baseline" in r]
+    if based:
+        lines.append("")
+        lines.append("pyipc's channels against the same kernel primitive driven from Python"
+                     " (same run)")
+        lines.append(f"{'transport':<{w}}{'size':>9}  {'baseline':<16}{'ratio':>7}")
+        for row in based:
+            lines.append(f"{row['transport']:<{w}}{format_size(row['size']):>9}  "
+                         f"{row['baseline']:<16}{row['vs_baseline']:>6.2f}x")
     if any(r.get("receive") for r in report.results):
         lines.append("")
         lines.append(f"(into): the ring receives with get_into into a reused buffer "

@@ -30,7 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, cast
 
+from .._util import format_size
 from ..errors import MessageTooLarge
+from . import DEFAULT_DURATION, DEFAULT_REPEAT, DEFAULT_SIZES, LATENCY_SIZE
 from .transports import BASELINE, BASELINE_OBJ, BATCH, OBJ, TRANSPORTS, Recv, Send, Transport
 
 __all__ = [
@@ -47,12 +49,6 @@ __all__ = [
     "run_bench",
 ]
 
-DEFAULT_SIZES = (64, 4096, 65536, 1 << 20)
-DEFAULT_REPEAT = 3
-# The whole default table (about 65 cells) should take under two minutes on
-# two CPUs: 1 s of producing per cell, split over the repetitions.
-DEFAULT_DURATION = 1.0
-LATENCY_SIZE = 64
 # How long the parent waits for a run beyond its duration before it decides
 # that a child is stuck and kills it.
 GRACE = 30.0
@@ -79,15 +75,6 @@ def parse_sizes(text: str) -> List[int]:
             raise ValueError("sizes must be at least 1 byte")
         sizes.append(size)
     return sizes
-
-
-def format_size(size: int) -> str:
-    """``65536`` -> ``"64 KiB"``; sizes that are not whole KiB stay in bytes."""
-    if size >= 1 << 20 and size % (1 << 20) == 0:
-        return f"{size >> 20} MiB"
-    if size >= 1024 and size % 1024 == 0:
-        return f"{size >> 10} KiB"
-    return f"{size} B"
 
 
 def pick_cpus() -> Tuple[Optional[int], Optional[int]]:
@@ -564,6 +551,7 @@ def run_bench(names: Sequence[str], sizes: Sequence[int], duration: float,
             report.results.append(_summarise(t, size, cell_runs, latency))
     if not latency:
         _add_ratios(report.results)
+        _add_baseline_ratios(report.results)
     return report
 
 
@@ -601,3 +589,15 @@ def _add_ratios(rows: List[Dict[str, Any]]) -> None:
         ref = base.get(row["size"])
         if "msg_per_s" in row and ref:
             row["vs_mp_queue"] = row["msg_per_s"] / ref
+
+
+def _add_baseline_ratios(rows: List[Dict[str, Any]]) -> None:
+    """Each row whose transport names a baseline gets ``vs_baseline``: its
+    rate over the baseline's at the same size, in the same run."""
+    rates = {(r["transport"], r["size"]): r["msg_per_s"] for r in rows if "msg_per_s" in r}
+    for row in rows:
+        base = TRANSPORTS[row["transport"]].baseline if row["transport"] in TRANSPORTS else None
+        ref = rates.get((base, row["size"])) if base else None
+        if ref and "msg_per_s" in row:
+            row["baseline"] = base
+            row["vs_baseline"] = row["msg_per_s"] / ref

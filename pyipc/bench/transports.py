@@ -69,6 +69,10 @@ class Transport:
     returns a state the forked children inherit; ``sender`` and ``receiver``
     run in the children and return the call and a close function; ``destroy``
     runs in the parent and removes everything ``create`` made.
+
+    To add one: write those four functions and append a ``Transport`` to
+    ``_make_transports`` below; ``pyipc bench``, its tests (every transport
+    must deliver every message) and the benches in ``benches/`` pick it up.
     """
 
     name: str
@@ -82,6 +86,9 @@ class Transport:
     max_size: Optional[int] = None
     requires_attr: Optional[str] = None
     into_from: Optional[int] = None
+    # The transport this one is compared with in the table's last section:
+    # the same kernel primitive driven from plain Python.
+    baseline: Optional[str] = None
 
     def unavailable(self) -> Optional[str]:
         """Return why this transport cannot run here, or None if it can."""
@@ -219,6 +226,14 @@ def _pair_receiver(pair: Any, size: int) -> Tuple[Recv, Callable[[], None]]:
     return pair[0].recv, _noop
 
 
+def _pair_batch_sender(pair: Any, size: int) -> Tuple[Send, Callable[[], None]]:
+    return pair[1].send_many, _noop
+
+
+def _pair_batch_receiver(pair: Any, size: int) -> Tuple[Recv, Callable[[], None]]:
+    return functools.partial(pair[0].recv_many, BATCH), _noop
+
+
 def _pipe_create(size: int) -> Any:
     return _api("pipe")()
 
@@ -253,6 +268,16 @@ def _mqueue_sender(name: str, size: int) -> Tuple[Send, Callable[[], None]]:
 def _mqueue_receiver(name: str, size: int) -> Tuple[Recv, Callable[[], None]]:
     q = _api("MessageQueue")(name)
     return q.recv, q.close
+
+
+def _mqueue_batch_sender(name: str, size: int) -> Tuple[Send, Callable[[], None]]:
+    q = _api("MessageQueue")(name)
+    return q.send_many, q.close
+
+
+def _mqueue_batch_receiver(name: str, size: int) -> Tuple[Recv, Callable[[], None]]:
+    q = _api("MessageQueue")(name)
+    return functools.partial(q.recv_many, BATCH), q.close
 
 
 # -- raw Python framing over os.pipe and a socketpair -----------------------
@@ -315,13 +340,18 @@ def _raw_socket_create(size: int) -> Any:
 
 
 def _raw_socket_sender(pair: Any, size: int) -> Tuple[Send, Callable[[], None]]:
-    sendall = pair[1].sendall
+    sock = pair[1]
+    sendmsg = sock.sendmsg
+    sendall = sock.sendall
     pack = _LEN.pack
 
     def send(msg: bytes) -> None:
-        # Two calls rather than one concatenation: no copy of large messages.
-        sendall(pack(len(msg)))
-        sendall(msg)
+        # One sendmsg of prefix and payload, no copy to join them; what a
+        # full socket buffer leaves unsent goes with sendall.
+        head = pack(len(msg))
+        done = sendmsg([head, msg])
+        if done < len(head) + len(msg):
+            sendall((head + msg)[done:])
 
     return send, _noop
 
@@ -329,6 +359,25 @@ def _raw_socket_sender(pair: Any, size: int) -> Tuple[Send, Callable[[], None]]:
 def _raw_socket_receiver(pair: Any, size: int) -> Tuple[Recv, Callable[[], None]]:
     f = pair[0].makefile("rb", buffering=1 << 16)
     return _framed_reader(f), f.close
+
+
+def _raw_packet_create(kind: str) -> Callable[[int], Any]:
+    def create(size: int) -> Any:
+        import socket
+
+        t = socket.SOCK_SEQPACKET if kind == "seqpacket" else socket.SOCK_DGRAM
+        return socket.socketpair(socket.AF_UNIX, t)
+
+    return create
+
+
+def _raw_packet_sender(pair: Any, size: int) -> Tuple[Send, Callable[[], None]]:
+    return pair[1].send, _noop
+
+
+def _raw_packet_receiver(pair: Any, size: int) -> Tuple[Recv, Callable[[], None]]:
+    # Python that knows the message size asks for no more.
+    return functools.partial(pair[0].recv, max(size, 1)), _noop
 
 
 # -- multiprocessing --------------------------------------------------------
@@ -590,29 +639,61 @@ def _make_transports() -> Dict[str, Transport]:
         Transport(
             "pipe", "bytes", "pyipc.pipe()",
             (), _pipe_create, _pair_sender, _pair_receiver, _pair_destroy, requires_attr="pipe",
+            baseline="raw-pipe",
+        ),
+        Transport(
+            "pipe-batch", "batch", f"pyipc.pipe() send_many/recv_many, batches of {BATCH}",
+            (), _pipe_create, _pair_batch_sender, _pair_batch_receiver, _pair_destroy,
+            requires_attr="pipe", baseline="raw-pipe",
         ),
     ]
     for kind in ("stream", "seqpacket", "dgram"):
+        base = "raw-socket" if kind == "stream" else f"raw-{kind}"
+        cap = None if kind == "stream" else 65536
         t.append(Transport(
             f"socket-{kind}", "bytes", f"pyipc.socketpair({kind!r})",
             (), _socket_create(kind), _pair_sender, _pair_receiver, _pair_destroy,
-            requires_attr="socketpair",
+            requires_attr="socketpair", baseline=base, max_size=cap,
+        ))
+        t.append(Transport(
+            f"socket-{kind}-batch", "batch",
+            f"pyipc.socketpair({kind!r}) send_many/recv_many, batches of {BATCH}",
+            (), _socket_create(kind), _pair_batch_sender, _pair_batch_receiver, _pair_destroy,
+            requires_attr="socketpair", baseline=base, max_size=cap,
         ))
     t += [
         Transport(
             "mqueue", "bytes",
             f"pyipc.MessageQueue ({MQ_MAX_MESSAGES} messages of at most {MQ_MAX_MESSAGE} B)",
             (), _mqueue_create, _mqueue_sender, _mqueue_receiver, _mqueue_destroy,
-            max_size=MQ_MAX_MESSAGE, requires_attr="MessageQueue",
+            max_size=MQ_MAX_MESSAGE, requires_attr="MessageQueue", baseline="posix-ipc",
         ),
         Transport(
-            "raw-pipe", "bytes", "os.pipe with struct length prefixes (pure Python)",
+            "mqueue-batch", "batch",
+            f"pyipc.MessageQueue send_many/recv_many, batches of {BATCH}",
+            (), _mqueue_create, _mqueue_batch_sender, _mqueue_batch_receiver, _mqueue_destroy,
+            max_size=MQ_MAX_MESSAGE, requires_attr="MessageQueue", baseline="posix-ipc",
+        ),
+        Transport(
+            "raw-pipe", "bytes",
+            "os.pipe, os.writev with a struct length prefix, buffered reader (pure Python)",
             (), _raw_pipe_create, _raw_pipe_sender, _raw_pipe_receiver, _raw_pipe_destroy,
         ),
         Transport(
             "raw-socket", "bytes",
-            "socket.socketpair stream with struct length prefixes (pure Python)",
+            "socket.socketpair stream, sendmsg with a struct length prefix, makefile reader"
+            " (pure Python)",
             (), _raw_socket_create, _raw_socket_sender, _raw_socket_receiver, _pair_destroy,
+        ),
+        Transport(
+            "raw-seqpacket", "bytes", "socket.socketpair SOCK_SEQPACKET, send/recv (pure Python)",
+            (), _raw_packet_create("seqpacket"), _raw_packet_sender, _raw_packet_receiver,
+            _pair_destroy, max_size=65536,
+        ),
+        Transport(
+            "raw-dgram", "bytes", "socket.socketpair SOCK_DGRAM, send/recv (pure Python)",
+            (), _raw_packet_create("dgram"), _raw_packet_sender, _raw_packet_receiver,
+            _pair_destroy, max_size=65536,
         ),
         Transport(
             "mp-queue", "bytes", "multiprocessing.Queue",
