@@ -103,6 +103,7 @@ _RCVMORE = zmq.RCVMORE
 _REQ = P.REQUEST_HEADER
 _REPLY = P.REPLY_HEADER
 _REQ_SIZE = P.REQUEST_HEADER.size
+_COPY_MAX = 64 * 1024
 _CONTROL_SIZE = P.CONTROL.size
 _CALL = P.CALL
 _FINAL = frozenset((P.RESULT, P.ERROR, P.END))
@@ -182,6 +183,9 @@ class _Shared:
         os.set_blocking(self.wake_w, False)
         self.waiting = 0  # threads waiting on the descriptors
         self.closed = False
+        # Per socket: it was found empty since it was last used, so its
+        # descriptor will signal the next message (see recv).
+        self.quiet = [False] * len(socks)
         self._next = 0
         self._polls = threading.local()
 
@@ -205,6 +209,9 @@ class _Shared:
         if self.closed:
             raise ShutDown("the socket is closed")
         tracker = None
+        # Sending may process the socket's commands, a new message's among
+        # them, after which its descriptor no longer signals that message.
+        self.quiet[self.socks.index(sock) if len(self.socks) > 1 else 0] = False
         if peer is not None:
             sock.send(peer, _SNDMORE | _NOBLOCK)
             flags = 0
@@ -223,7 +230,8 @@ class _Shared:
                     sock.send(part, more)
                 flags = 0
         else:
-            sock.send(msg, flags, copy=False)  # pyzmq copies small ones anyway
+            # Small ones are copied: pyzmq's zero-copy path costs more there.
+            sock.send(msg, flags, copy=len(msg) < _COPY_MAX)
         if self.waiting and sock.getsockopt(_EVENTS) & _POLLIN:
             # That send may have taken the descriptor's signal of a message
             # that came meanwhile: the waiting reader would never see it.
@@ -232,8 +240,15 @@ class _Shared:
 
     def recv(self, timeout: Optional[float]) -> Optional[Tuple[Any, bytes, List[Any]]]:
         """The next message, or None when ``timeout`` (seconds, None for
-        ever, 0 for no wait) expires first."""
+        ever, 0 for no wait) expires first.
+
+        A socket's descriptor signals only messages that come after the
+        socket was found empty, so a socket is asked (``ZMQ_EVENTS``, a
+        third of the price of a failed non-blocking receive and its
+        exception) unless it was found empty and not used since.
+        """
         socks = self.socks
+        quiet = self.quiet
         nsocks = len(socks)
         end = None
         while True:
@@ -242,28 +257,29 @@ class _Shared:
                     raise ShutDown("the socket is closed")
                 start = self._next
                 for i in range(nsocks):
-                    k = (start + i) % nsocks
+                    k = (start + i) % nsocks if nsocks > 1 else 0
+                    if quiet[k]:
+                        continue
                     sock = socks[k]
-                    try:
-                        first = sock.recv(_NOBLOCK)
-                    except _Again:
+                    if not sock.getsockopt(_EVENTS) & _POLLIN:
+                        quiet[k] = True
                         continue
                     if nsocks > 1:
                         self._next = k + 1  # fair to every server
                     tag: Any = k
                     if self.routed:
-                        tag, first = first, sock.recv()
+                        tag = sock.recv()
+                    frame = sock.recv(copy=False)
+                    first = frame.bytes
                     rest: List[Any] = []
-                    if sock.getsockopt(_RCVMORE):
-                        more = True
-                        while more:
-                            frame = sock.recv(copy=False)
-                            more = frame.more
-                            rest.append(frame.buffer)
+                    while frame.more:
+                        frame = sock.recv(copy=False)
+                        rest.append(frame.buffer)
                     return tag, first, rest
                 if timeout == 0:
                     return None
                 self.waiting += 1
+            ready: List[int] = []
             try:
                 if timeout is None:
                     ms = None
@@ -286,9 +302,13 @@ class _Shared:
                             os.read(self.wake_r, 4096)
                         except OSError:
                             pass
+                    ready.append(fd)
             finally:
                 with self.lock:
                     self.waiting -= 1
+                    for fd in ready:
+                        if fd in self.fds:
+                            quiet[self.fds.index(fd)] = False
 
     def shutdown(self) -> None:
         """Make every ``send`` and ``recv``, now and later, raise ``ShutDown``."""
@@ -880,6 +900,7 @@ class TcpListener:
                 return False
             sock = shared.socks[0]
             sock.getsockopt(_EVENTS)  # process the connections' comings and goings
+            shared.quiet[0] = False
             try:
                 sock.send(peer, _SNDMORE | _NOBLOCK)
                 sock.send(b"", _NOBLOCK)
