@@ -469,9 +469,15 @@ class Client:
         pending[rid] = slot
         try:
             self._send(data)
-            self._wait(slot, deadline)
         except BaseException:
             pending.pop(rid, None)
+            raise
+        try:
+            self._wait(slot, deadline)
+        except BaseException:
+            # Timed out or interrupted: the server may drop the call, and a
+            # transport that counts calls in flight forgets this one.
+            self._abandon(rid)
             raise
         if slot.kind == _RESULT:
             return slot.value

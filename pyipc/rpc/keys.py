@@ -94,18 +94,14 @@ def public_keys(args: Iterable[KeyArg]) -> List[bytes]:
 
 
 def _certificate(public: bytes, secret: Optional[bytes]) -> str:
-    """ZeroMQ's certificate text (the ZPL format of zmq_cert)."""
-    kind = "Secret" if secret is not None else "Public"
-    lines = [
-        f"#   ****  Generated on {datetime.datetime.now():%Y-%m-%d %H:%M:%S} by pyipc  ****",
-        f"#   ZeroMQ CURVE **{kind}** Certificate",
-    ]
+    """A certificate in ZeroMQ's ZPL format (what ``zmq.auth`` reads)."""
     if secret is not None:
-        lines.append("#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.")
+        lines = ["# pyipc CurveZMQ key pair: the secret key.  Keep this file private;",
+                 "# hand out the .key file beside it instead."]
     else:
-        lines.append("#   Exchange securely, or use a secure mechanism to verify the contents")
-        lines.append("#   of this file after exchange. Store public certificates in your home")
-        lines.append("#   directory, in the .curve subdirectory.")
+        lines = ["# pyipc CurveZMQ public key: give it to the peers that must know",
+                 "# this one (a server's allowed_keys, a client's server_key)."]
+    lines.append(f"# made {datetime.datetime.now():%Y-%m-%d %H:%M:%S}")
     lines += ["", "metadata", "curve", f'    public-key = "{public.decode()}"']
     if secret is not None:
         lines.append(f'    secret-key = "{secret.decode()}"')

@@ -29,6 +29,7 @@ once, whatever the number of clients: a semaphore taken around each call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import os
 import pickle
@@ -36,8 +37,8 @@ import selectors
 import threading
 import time
 import types
-from typing import (Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, TypeVar, Union,
-                    overload)
+from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, TypeVar,
+                    Union, overload)
 
 from ..errors import Full, MessageTooLarge, ShutDown
 from . import protocol as P
@@ -87,6 +88,21 @@ class _ThreadState:
     def __init__(self) -> None:
         self.waiting = True  # inside (or about to enter) the ring's get
         self.started = 0  # calls taken so far
+
+
+class _Release:
+    """A context manager that releases a semaphore already acquired."""
+
+    __slots__ = ("sem",)
+
+    def __init__(self, sem: threading.BoundedSemaphore) -> None:
+        self.sem = sem
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.sem.release()
 
 
 class _Stream:
@@ -191,6 +207,8 @@ class Server:
         self.stream_window = stream_window
         self._methods: Dict[str, tuple[Callable[..., Any], int]] = {}
         self._sem = threading.BoundedSemaphore(workers)
+        self._release = _Release(self._sem)
+        self._backlog: Deque[Any] = collections.deque()
         self._lanes: Dict[LocalConnection, _Lane] = {}
         self._handshaking: Set[LocalConnection] = set()
         self._threads: List[threading.Thread] = []
@@ -711,7 +729,7 @@ class Server:
             return
         func, fkind = entry
         if fkind == _PLAIN:
-            self._run_plain(lane, rid, reply, deadline, func, args, kwargs)
+            self._submit_net(lane, rid, reply, deadline, func, args, kwargs)
         elif fkind == _CORO:
             self._ensure_loop().call_soon_threadsafe(
                 self._start_task, lane, rid, reply, deadline, func, args, kwargs)
@@ -751,9 +769,39 @@ class Server:
         else:
             self._start_stream(lane, rid, reply, func, args, kwargs, fkind == _AGEN)
 
+    def _submit_net(self, *call: Any) -> None:
+        """Run a plain function's call now if a worker slot is free, else
+        leave it in the backlog for whoever frees one.
+
+        A tcp:// reader never waits for a slot: it is also the reader of
+        every client's cancels and stream credit, which must not wait
+        behind slow calls (a local client's come through a socket of
+        their own)."""
+        if self._sem.acquire(False):
+            self._run_plain(*call, gate=self._release)
+        else:
+            self._backlog.append(call)
+        if self._backlog:
+            self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Run backlog calls while worker slots are free.  Called after
+        every release of a slot on the tcp:// paths, so that no call is
+        left behind: one queued just after a release finds the slot free."""
+        backlog = self._backlog
+        while backlog and self._sem.acquire(False):
+            try:
+                call = backlog.popleft()
+            except IndexError:
+                self._sem.release()
+                return
+            self._run_plain(*call, gate=self._release)
+
     def _run_plain(self, lane: _Lane, rid: int, reply: bool, deadline: int,
-                   func: Callable[..., Any], args: Any, kwargs: Any) -> None:
-        with self._sem:
+                   func: Callable[..., Any], args: Any, kwargs: Any, gate: Any = None) -> None:
+        # ``gate`` (tcp://): the worker slot is held already and released
+        # on leaving (see _submit_net).
+        with self._sem if gate is None else gate:
             # Waiting for a worker is waiting in the queue too.
             if deadline and _monotonic_ns() >= deadline:
                 return
@@ -909,8 +957,12 @@ class Server:
     def _drain(self, gen: Any, is_async: bool) -> None:
         try:
             while True:
-                with self._sem:
-                    self._next(gen, is_async)
+                try:
+                    with self._sem:
+                        self._next(gen, is_async)
+                finally:
+                    if self._backlog:
+                        self._drain_backlog()
         except BaseException:
             pass
 
@@ -935,6 +987,8 @@ class Server:
                     except BaseException as exc:
                         lane.send(_encode_error(rid, exc))
                         return
+                if self._backlog:
+                    self._drain_backlog()
                 try:
                     data = lane.encode_reply(P.ITEM, rid, item)
                     lane.conn.send_reply(data)
@@ -948,3 +1002,5 @@ class Server:
         finally:
             lane.streams.pop(rid, None)
             lane.cancelled.discard(rid)
+            if self._backlog:
+                self._drain_backlog()

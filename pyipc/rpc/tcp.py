@@ -240,7 +240,8 @@ class _Shared:
 
     def recv(self, timeout: Optional[float]) -> Optional[Tuple[Any, bytes, List[Any]]]:
         """The next message, or None when ``timeout`` (seconds, None for
-        ever, 0 for no wait) expires first.
+        ever, 0 for no wait) expires first or ``wake()`` was called (the
+        caller looks at what it waits for, and calls again).
 
         A socket's descriptor signals only messages that come after the
         socket was found empty, so a socket is asked (``ZMQ_EVENTS``, a
@@ -296,8 +297,10 @@ class _Shared:
                     for fd in self.fds:
                         poll.register(fd, select.POLLIN)
                     poll.register(self.wake_r, select.POLLIN)
+                woken = False
                 for fd, _ in poll.poll(ms):
                     if fd == self.wake_r:
+                        woken = True
                         try:
                             os.read(self.wake_r, 4096)
                         except OSError:
@@ -309,6 +312,11 @@ class _Shared:
                     for fd in ready:
                         if fd in self.fds:
                             quiet[self.fds.index(fd)] = False
+            if woken:
+                # By a sender whose send took a message's signal, or for a
+                # lost connection: the caller looks at its state and calls
+                # again.
+                return None
 
     def shutdown(self) -> None:
         """Make every ``send`` and ``recv``, now and later, raise ``ShutDown``."""
@@ -349,7 +357,7 @@ def _heartbeat_options(sock: "zmq.Socket[Any]", heartbeat: float) -> None:
 
 def _common_options(sock: "zmq.Socket[Any]", heartbeat: float) -> None:
     sock.setsockopt(zmq.LINGER, 0)
-    if sock.socket_type == zmq.ROUTER:
+    if sock.type == zmq.ROUTER:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
@@ -689,12 +697,18 @@ class TcpClientTransport:
         """Move at least one reply (or failure) into ``_ready``: raises
         ``Empty`` when none comes in time, ``ShutDown`` once closed."""
         shared = self._shared
+        end = None if not block or timeout is None else time.monotonic() + timeout
         while not self._ready:
             if self._failed:
                 self._report_failures()
                 continue
-            got = shared.recv(timeout if block else 0)
+            left = 0.0 if not block else (None if end is None else end - time.monotonic())
+            if left is not None and left < 0:
+                raise Empty
+            got = shared.recv(left)
             if got is None:
+                if left is None or (left > 0 and time.monotonic() < end):  # type: ignore[operator]
+                    continue  # woken: look again
                 if self._failed:
                     continue
                 raise Empty
@@ -887,9 +901,11 @@ class TcpListener:
     def recv_request(self) -> Tuple[bytes, bytes, List[Any]]:
         """The next message from any client: ``(client, first frame,
         later frames)``; ``ShutDown`` once shut down."""
-        got = self.shared.recv(None)
-        assert got is not None
-        return got
+        recv = self.shared.recv
+        while True:
+            got = recv(None)
+            if got is not None:
+                return got
 
     def reachable(self, peer: bytes) -> bool:
         """Is the connection of routing id ``peer`` still there?  Sends it
