@@ -53,7 +53,7 @@ def _load(arg: KeyArg, what: str) -> Tuple[bytes, Optional[bytes]]:
     """``(public, secret or None)`` from a certificate file's path."""
     import zmq.auth
 
-    path = os.fspath(arg)
+    path = os.fsdecode(arg)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {what} key file {path!r} (make one with `pyipc keygen NAME`)")
     try:
@@ -77,11 +77,11 @@ def secret_key(arg: KeyArg) -> Tuple[bytes, bytes]:
     import zmq
 
     if isinstance(arg, (bytes, bytearray, memoryview)):
-        secret = _z85(bytes(arg))
-        return zmq.curve_public(secret), secret
+        raw = _z85(bytes(arg))
+        return zmq.curve_public(raw), raw
     public, secret = _load(arg, "secret")
     if secret is None:
-        raise ValueError(f"{os.fspath(arg)!r} holds no secret key (pass the .key_secret file)")
+        raise ValueError(f"{os.fsdecode(arg)!r} holds no secret key (pass the .key_secret file)")
     return public, secret
 
 

@@ -778,7 +778,7 @@ class Server:
         behind slow calls (a local client's come through a socket of
         their own)."""
         if self._sem.acquire(False):
-            self._run_plain(*call, gate=self._release)
+            self._run_plain(*call, gate=self._release)  # type: ignore[misc]
         else:
             self._backlog.append(call)
         if self._backlog:
@@ -795,7 +795,7 @@ class Server:
             except IndexError:
                 self._sem.release()
                 return
-            self._run_plain(*call, gate=self._release)
+            self._run_plain(*call, gate=self._release)  # type: ignore[misc]
 
     def _run_plain(self, lane: _Lane, rid: int, reply: bool, deadline: int,
                    func: Callable[..., Any], args: Any, kwargs: Any, gate: Any = None) -> None:

@@ -176,7 +176,7 @@ class _Shared:
         self.socks = socks
         self.routed = routed
         self.lock = threading.Lock()
-        self.fds = [s.getsockopt(zmq.FD) for s in socks]
+        self.fds: List[int] = [int(s.getsockopt(zmq.FD)) for s in socks]
         # Kept open until collection: a reader may be about to poll them.
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -231,8 +231,8 @@ class _Shared:
                 flags = 0
         else:
             # Small ones are copied: pyzmq's zero-copy path costs more there.
-            sock.send(msg, flags, copy=len(msg) < _COPY_MAX)
-        if self.waiting and sock.getsockopt(_EVENTS) & _POLLIN:
+            sock.send(msg, flags, copy=len(msg) < _COPY_MAX)  # type: ignore[arg-type]
+        if self.waiting and sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator,arg-type]
             # That send may have taken the descriptor's signal of a message
             # that came meanwhile: the waiting reader would never see it.
             self.wake()
@@ -262,7 +262,7 @@ class _Shared:
                     if quiet[k]:
                         continue
                     sock = socks[k]
-                    if not sock.getsockopt(_EVENTS) & _POLLIN:
+                    if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator,arg-type]
                         quiet[k] = True
                         continue
                     if nsocks > 1:
@@ -464,7 +464,7 @@ class TcpClientTransport:
         self._closed = False
         self._pid = os.getpid()
 
-        ctx = zmq.Context.instance()
+        ctx: Any = zmq.Context.instance()
         events = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_MONITOR_STOPPED)
@@ -613,7 +613,7 @@ class TcpClientTransport:
         flight, waiting up to the heartbeat for one to be connected
         (``ServerGone`` then, ``PermissionError`` if refused).  With
         ``block`` false, ``Full`` instead of waiting."""
-        head = data if type(data) is bytes else data[0]
+        head: bytes = data if type(data) is bytes else data[0]  # type: ignore[assignment]
         kind, _, _, rid, _ = _REQ.unpack_from(head)
         shared = self._shared
         end = 0.0
@@ -890,7 +890,7 @@ class TcpListener:
                 if exc.errno == errno.EADDRINUSE:
                     raise FileExistsError(errno.EADDRINUSE, "address in use", address) from None
                 raise
-            self.address: str = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            self.address: str = bytes(sock.getsockopt(zmq.LAST_ENDPOINT)).decode()
         except BaseException:
             if sock is not None:
                 sock.close(0)
@@ -959,8 +959,8 @@ class TcpListener:
         with self._control_lock:
             if self._closed:
                 return
-            zap_fd = self.zap.getsockopt(zmq.FD)
-            mon_fd = self.monitor.getsockopt(zmq.FD)
+            zap_fd = int(self.zap.getsockopt(zmq.FD))
+            mon_fd = int(self.monitor.getsockopt(zmq.FD))
         for fd in (zap_fd, mon_fd, stop_fd):
             poll.register(fd, select.POLLIN)
         recheck: Optional[float] = None
