@@ -212,31 +212,38 @@ class _Shared:
         # Sending may process the socket's commands, a new message's among
         # them, after which its descriptor no longer signals that message.
         self.quiet[self.socks.index(sock) if len(self.socks) > 1 else 0] = False
-        if peer is not None:
-            sock.send(peer, _SNDMORE | _NOBLOCK)
-            flags = 0
-        else:
-            flags = _NOBLOCK  # only the first frame can fail
-        if type(msg) is list:
-            last = len(msg) - 1
-            for i, part in enumerate(msg):
-                more = 0 if i == last else _SNDMORE
-                if i < 2:
-                    # The header, and the pickle: bytes, which never change.
-                    sock.send(part, flags | more, copy=i == 0)
-                elif track:
-                    tracker = sock.send(part, more, copy=False, track=True)
-                else:
-                    sock.send(part, more)
+        try:
+            if peer is not None:
+                sock.send(peer, _SNDMORE | _NOBLOCK)
                 flags = 0
-        else:
-            # Small ones are copied: pyzmq's zero-copy path costs more there.
-            sock.send(msg, flags, copy=len(msg) < _COPY_MAX)  # type: ignore[arg-type]
-        if self.waiting and sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator,arg-type]
-            # That send may have taken the descriptor's signal of a message
-            # that came meanwhile: the waiting reader would never see it.
-            self.wake()
+            else:
+                flags = _NOBLOCK  # only the first frame can fail
+            if type(msg) is list:
+                last = len(msg) - 1
+                for i, part in enumerate(msg):
+                    more = 0 if i == last else _SNDMORE
+                    if i < 2:
+                        # The header, and the pickle: bytes, which never change.
+                        sock.send(part, flags | more, copy=i == 0)
+                    elif track:
+                        tracker = sock.send(part, more, copy=False, track=True)
+                    else:
+                        sock.send(part, more)
+                    flags = 0
+            else:
+                # Small ones are copied: pyzmq's zero-copy path costs more there.
+                sock.send(msg, flags, copy=len(msg) < _COPY_MAX)  # type: ignore[arg-type]
+        finally:
+            self.touched(sock)
         return tracker
+
+    def touched(self, sock: "zmq.Socket[Any]") -> None:
+        """After any call on ``sock`` other than a receive (with ``lock``
+        held): that call may have taken the descriptor's signal of a
+        message that came meanwhile, which a waiting reader would then
+        never see.  Wake it if a message is there."""
+        if self.waiting and sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator,arg-type]
+            self.wake()
 
     def recv(self, timeout: Optional[float]) -> Optional[Tuple[Any, bytes, List[Any]]]:
         """The next message, or None when ``timeout`` (seconds, None for
@@ -915,13 +922,15 @@ class TcpListener:
             if shared.closed:
                 return False
             sock = shared.socks[0]
-            sock.getsockopt(_EVENTS)  # process the connections' comings and goings
             shared.quiet[0] = False
             try:
+                sock.getsockopt(_EVENTS)  # process the connections' comings and goings
                 sock.send(peer, _SNDMORE | _NOBLOCK)
                 sock.send(b"", _NOBLOCK)
             except _ZMQError:
                 return False
+            finally:
+                shared.touched(sock)
             return True
 
     def _answer_zap(self) -> None:
