@@ -6,21 +6,23 @@ what is in them.
 
 Sockets, and why:
 
-* **ROUTER on both ends.**  The server's ROUTER names each client
-  connection (a fresh routing id per connection, so a client that
-  reconnects is a new client and never receives replies meant for its
-  previous connection).  The client's socket is a ROUTER too, rather than
-  a DEALER, because with several servers it must know where each call
-  went: a DEALER spreads messages round-robin without saying to whom, so
-  a server that dies could not take only its own calls with it.  The
-  client names each server connection (``ZMQ_CONNECT_ROUTING_ID``) and
-  picks the connected one with the fewest calls in flight.
-  ``ZMQ_ROUTER_MANDATORY`` turns "that peer is not connected" into an
-  error instead of a silently dropped message, and ``ZMQ_IMMEDIATE`` keeps
-  messages off connections that have not finished their handshake.
-  Send queues are unbounded (``SNDHWM=0``): a ROUTER drops what does not
-  fit, and a dropped reply would be a call that never returns; memory is
-  bounded by the calls in flight instead.
+* **A ROUTER on the server, a DEALER per server on the client.**  The
+  server's ROUTER names each client connection (a fresh routing id per
+  connection, so a client that reconnects is a new client and never
+  receives replies meant for its previous connection);
+  ``ZMQ_ROUTER_MANDATORY`` turns a reply to a client that is gone into an
+  error rather than a message dropped in silence.  The client must know
+  where each call went, so that a server that dies takes only its own
+  calls with it: one DEALER spreading messages round-robin over several
+  servers would not say to whom, so each server address gets a DEALER of
+  its own, and each call goes to the connected one with the fewest calls
+  in flight.  ``ZMQ_IMMEDIATE`` keeps messages off connections that have
+  not finished their handshake and drops those of a lost connection (a
+  request queued while the server is away must not reach it when it
+  comes back, after its caller was told ``ServerGone``).  Queues are
+  unbounded (``SNDHWM=0``): a ROUTER drops what does not fit, and a
+  dropped reply would be a call that never returns; memory is bounded by
+  the calls in flight instead.
 * **CurveZMQ, always.**  Pickle executes code, so a server without a
   secret key refuses to start, and a ZAP handler (bound on the server's
   own context before its ROUTER binds: a socket with no handler would
@@ -41,9 +43,10 @@ Sockets, and why:
   between threads).  Any thread sends under the lock; a reader takes
   messages under the lock without waiting, and otherwise waits on the
   socket's descriptor with the lock released.  That descriptor is edge
-  triggered and any call on the socket may consume its signal, so a
-  sender that finds a reader waiting checks ``ZMQ_EVENTS`` after sending
-  and wakes it through a pipe.  The alternative, a thread that owns the
+  triggered and any call on the socket (a send, a probe) may consume its
+  signal, so whoever makes one while a reader waits checks
+  ``ZMQ_EVENTS`` and wakes the reader through a pipe if a message is
+  there (``_Shared.touched``).  The alternative, a thread that owns the
   socket, would add two thread hand-offs to every call (10-30 us each on
   a small VM, more than the rest of a call).
 
@@ -79,7 +82,6 @@ import zmq  # noqa: E402
 from zmq.utils.monitor import parse_monitor_message  # noqa: E402
 
 __all__ = [
-    "is_tcp",
     "DEFAULT_HEARTBEAT",
     "encode_request",
     "encode_reply",
@@ -115,13 +117,6 @@ _dumps = pickle.dumps
 Message = Union[bytes, List[Any]]
 
 
-def is_tcp(address: Any) -> bool:
-    """Is ``address`` for this transport (a ``tcp://`` string, or a list of them)?"""
-    if isinstance(address, str):
-        return address.startswith("tcp://")
-    return isinstance(address, (list, tuple))
-
-
 # ---- frames ----------------------------------------------------------------------
 
 
@@ -151,14 +146,6 @@ def encode_reply(kind: int, rid: int, value: Any = None) -> Message:
         pass
     pickled, bufs = P._pickle(value)
     return [_REPLY.pack(kind, 0, len(bufs), rid), pickled, *bufs]
-
-
-def decode_frames(frames: Sequence[Any], nbufs: int) -> Any:
-    """Unpickle ``[head, pickle, buffer, ...]`` over the frames' memory."""
-    if len(frames) != nbufs + 2:
-        raise pickle.UnpicklingError(
-            f"a message of {len(frames)} frames announced {nbufs} out-of-band buffers")
-    return pickle.loads(frames[1], buffers=frames[2:])
 
 
 # ---- a socket shared by threads -----------------------------------------------------
@@ -582,11 +569,15 @@ class TcpClientTransport:
                     f"the server refused this client's key (ZAP status {value})",
                     server.address)
             elif not server.ever_up:
-                # The server could not read our hello: it has another key
-                # than server_key (or it is no pyipc server).
+                # The server could not read our hello and hung up (EPIPE,
+                # ECONNRESET): it has another key than server_key.  Else
+                # the handshake did not finish in time, or the peer is no
+                # CurveZMQ server.
+                why = errno.errorcode.get(value, str(value))
                 server.refused = PermissionError(
                     errno.EACCES,
-                    "the CurveZMQ handshake failed: the server's key is not server_key",
+                    f"the CurveZMQ handshake failed ({why}): the server's key is not "
+                    "server_key, or the server did not complete the handshake",
                     server.address)
             self._cond.notify_all()
 
