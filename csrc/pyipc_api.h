@@ -15,5 +15,6 @@
 
 #include "ring_api.h"
 #include "channel_api.h"
+#include "waitset_api.h"
 
 #endif

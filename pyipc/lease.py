@@ -32,34 +32,39 @@ __all__ = ["Reservation", "View"]
 
 _c_commit = lib.pyipc_ring_commit
 _c_release = lib.pyipc_ring_release
+_gc = ffi.gc
+_buffer = ffi.buffer
+
+# Which process a lease belongs to, without a getpid() system call per
+# lease: bumped in every forked child.
+_generation = [0]
+os.register_at_fork(after_in_child=lambda: _generation.__setitem__(0, _generation[0] + 1))
 
 
 class _Token:
     """Ends one lease in C, exactly once, in the process that took it."""
 
-    __slots__ = ("h", "slot", "pos", "size", "publish", "done", "rc", "pid")
+    __slots__ = ("h", "lease", "publish", "done", "rc", "gen")
 
-    def __init__(self, h: Any, slot: int, pos: int, size: int, publish: Optional[bool]) -> None:
+    def __init__(self, h: Any, lease: Any, publish: Optional[bool]) -> None:
         self.h = h  # the ring's C handle: kept alive (and mapped) by us
-        self.slot = slot
-        self.pos = pos
-        self.size = size
+        self.lease = lease  # struct pyipc_lease *
         self.publish = publish  # None: a view; True/False: a reservation
         self.done = False
         self.rc = 0
-        self.pid = os.getpid()
+        self.gen = _generation[0]
 
     def end(self, _ptr: Any = None) -> None:
         if self.done:
             return
         self.done = True
-        if os.getpid() != self.pid:
+        if self.gen != _generation[0]:
             return  # a forked child's copy: the lease is the parent's
         while True:
             if self.publish is None:
-                rc = _c_release(self.h, self.slot, self.pos)
+                rc = _c_release(self.h, self.lease)
             else:
-                rc = _c_commit(self.h, self.slot, self.pos, self.size, 1 if self.publish else 0)
+                rc = _c_commit(self.h, self.lease, 1 if self.publish else 0)
             if rc != RC_EINTR:
                 break
         self.rc = rc
@@ -76,9 +81,11 @@ class _Lease:
         self._view: Optional[memoryview] = None
         self._token: Optional[_Token] = None
 
-    def _wrap(self, ptr: Any, token: _Token, readonly: bool) -> memoryview:
-        owner = ffi.gc(ptr, token.end)
-        view = memoryview(ffi.buffer(owner, token.size))
+    def _wrap(self, token: _Token, readonly: bool) -> memoryview:
+        lease = token.lease
+        # The destructor lives on the pointer the buffer keeps: see the
+        # module docstring.
+        view = memoryview(_buffer(_gc(lease.ptr, token.end), lease.len))
         if readonly:
             writable, view = view, view.toreadonly()
             writable.release()
@@ -121,8 +128,8 @@ class Reservation(_Lease):
     __slots__ = ()
 
     def __enter__(self) -> memoryview:
-        h, ptr, slot, pos = self._ring._reserve_raw(self._size, self._block, self._timeout)
-        return self._wrap(ptr, _Token(h, slot, pos, self._size, True), readonly=False)
+        h, lease = self._ring._reserve_raw(self._size, self._block, self._timeout)
+        return self._wrap(_Token(h, lease, True), readonly=False)
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None and self._token is not None:
@@ -141,9 +148,8 @@ class View(_Lease):
     __slots__ = ()
 
     def __enter__(self) -> memoryview:
-        h, ptr, slot, pos, size = self._ring._view_raw(self._block, self._timeout)
-        return self._wrap(ptr, _Token(h, slot, pos, size, None), readonly=True)
+        h, lease = self._ring._view_raw(self._block, self._timeout)
+        return self._wrap(_Token(h, lease, None), readonly=True)
 
     def __exit__(self, *_: Any) -> None:
         self._finish()
-
