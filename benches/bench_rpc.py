@@ -17,6 +17,11 @@ Two ways to run it:
   ``multiprocessing.managers``, then the idle CPU of a server and a client
   (``run_rpc_bench()``, ``format_rpc_table()`` and ``measure_idle()``, the
   functions a ``pyipc bench --rpc`` can call);
+* ``python benches/bench_rpc.py --tcp [--pin split|same|none]``: tcp:// on
+  loopback: pyipc.rpc (CurveZMQ) beside grpcio (insecure and TLS) and raw
+  pyzmq REQ/REP with and without CurveZMQ, round trips and pipelined calls
+  (``run_tcp_bench()`` and ``format_tcp_table()`` for ``pyipc bench --rpc
+  --tcp``);
 * ``pytest benches/bench_rpc.py --benchmark-only``: pytest-benchmark, one
   round being one call.
 
@@ -914,6 +919,36 @@ if pytest is not None:
         """One sequential call of f(x) -> x."""
         name, call = contender
         benchmark.group = f"rpc-roundtrip-{payload}"
+        x = PAYLOADS[payload]
+        assert call(x) == x
+        benchmark(call, x)
+
+    @pytest.fixture(params=list(TCP_CONTENDERS))
+    def tcp_contender(request: Any) -> Iterator[Tuple[str, CallFn]]:
+        name = request.param
+        reason = tcp_unavailable(name)
+        if reason is not None:
+            pytest.skip(reason)
+        cpus = _tcp_cpus("split")
+        before = os.sched_getaffinity(0)
+        server = RunningTcp(name, cpus)
+        try:
+            _pin(cpus[0])
+            call, close = TCP_CONTENDERS[name][2](server.setup)
+            try:
+                yield name, call
+            finally:
+                close()
+        finally:
+            os.sched_setaffinity(0, before)
+            server.stop()
+
+    @pytest.mark.parametrize("payload", list(PAYLOADS))
+    def test_tcp_roundtrip(benchmark: Any, tcp_contender: Tuple[str, CallFn],
+                           payload: str) -> None:
+        """One sequential call of f(x) -> x over TCP loopback."""
+        name, call = tcp_contender
+        benchmark.group = f"rpc-tcp-roundtrip-{payload}"
         x = PAYLOADS[payload]
         assert call(x) == x
         benchmark(call, x)
