@@ -166,6 +166,16 @@ class Server:
     is the bytes of each client's request and reply rings (the largest
     request or reply is a little less); ``stream_window`` is how many
     items a generator may run ahead of its consumer.
+
+    ``tcp://host:port`` (the ``net`` extra; port 0 picks a free one, and
+    ``server.address`` is the bound address) serves other hosts over
+    ZeroMQ with CurveZMQ: ``secret_key`` is the server's secret key and
+    ``allowed_keys`` the public keys of the clients it serves (key files
+    made by ``pyipc keygen``, or key bytes); without ``secret_key`` (or
+    ``allowed_keys``) it raises ``ValueError``.  A port in use raises
+    ``FileExistsError``.  A client connection silent for ``heartbeat``
+    seconds is dropped with everything it held.  ``mode``,
+    ``allow_uids`` and ``capacity`` do not apply there.
     """
 
     def __init__(
