@@ -17,6 +17,11 @@ Two ways to run it:
   ``multiprocessing.managers``, then the idle CPU of a server and a client
   (``run_rpc_bench()``, ``format_rpc_table()`` and ``measure_idle()``, the
   functions a ``pyipc bench --rpc`` can call);
+* ``python benches/bench_rpc.py --tcp [--pin split|same|none]``: tcp:// on
+  loopback: pyipc.rpc (CurveZMQ) beside grpcio (insecure and TLS) and raw
+  pyzmq REQ/REP with and without CurveZMQ, round trips and pipelined calls
+  (``run_tcp_bench()`` and ``format_tcp_table()`` for ``pyipc bench --rpc
+  --tcp``);
 * ``pytest benches/bench_rpc.py --benchmark-only``: pytest-benchmark, one
   round being one call.
 
@@ -536,6 +541,353 @@ def format_rpc_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+# ---- tcp:// on loopback ------------------------------------------------------------
+#
+# ``pyipc.rpc`` over tcp:// (CurveZMQ, always on) beside grpcio over TCP
+# (insecure, and TLS with a self-signed certificate made here) and raw
+# pyzmq REQ/REP loops with and without CurveZMQ, all on 127.0.0.1.  Round
+# trips as above, and pipelined calls: PIPELINE in flight with
+# ``submit`` (pyipc) and ``stub.future`` (grpcio).  ``pin`` says where the
+# two processes run: "split" (client on one CPU, server on another, as
+# above), "same" (both on one CPU) or "none".
+
+
+class TcpSetup:
+    """Keys, a certificate and a free port for one tcp:// contender."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="pyipc-bench-tcp-")
+        self._keys = False
+        self._cert: Optional[str] = None
+        self.port = _free_port()
+
+    def keys(self) -> Tuple[str, str, str, str]:
+        """(server secret, server public, client secret, client public) key files."""
+        from pyipc.rpc import keys
+
+        if not self._keys:
+            keys.generate("server", self.dir)
+            keys.generate("client", self.dir)
+            self._keys = True
+        j = os.path.join
+        return (j(self.dir, "server.key_secret"), j(self.dir, "server.key"),
+                j(self.dir, "client.key_secret"), j(self.dir, "client.key"))
+
+    def cert(self) -> Tuple[str, str]:
+        """A self-signed certificate for 127.0.0.1 and its key (PEM files)."""
+        import subprocess
+
+        key, cert = os.path.join(self.dir, "tls.key"), os.path.join(self.dir, "tls.crt")
+        if self._cert is None:
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                 "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                 "-keyout", key, "-out", cert],
+                check=True, capture_output=True)
+            self._cert = cert
+        return key, cert
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tserve_pyipc(setup: TcpSetup) -> None:
+    import pyipc.rpc
+
+    ssec, _, _, cpub = setup.keys()
+    server = pyipc.rpc.Server(f"tcp://127.0.0.1:{setup.port}", workers=4, secret_key=ssec,
+                              allowed_keys=[cpub])
+    server.register(f)
+    server.serve_forever()
+
+
+def _tserve_grpc(setup: TcpSetup, tls: bool) -> None:
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((_grpc_handler(),))
+    if tls:
+        key, cert = setup.cert()
+        with open(key, "rb") as k, open(cert, "rb") as c:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        server.add_secure_port(f"127.0.0.1:{setup.port}", creds)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{setup.port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def _tserve_zmq(setup: TcpSetup, curve: bool) -> None:
+    import zmq
+
+    from pyipc.rpc import keys
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REP)
+    if curve:
+        ssec = setup.keys()[0]
+        pub, sec = keys.secret_key(ssec)
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = pub, sec
+    sock.bind(f"tcp://127.0.0.1:{setup.port}")
+    while True:
+        sock.send(pickle.dumps(pickle.loads(sock.recv()), 5))
+
+
+def _tclient_pyipc(setup: TcpSetup) -> Tuple[CallFn, Callable[[], None]]:
+    import pyipc.rpc
+
+    _, spub, csec, _ = setup.keys()
+    c = pyipc.rpc.connect(f"tcp://127.0.0.1:{setup.port}", timeout=10, server_key=spub,
+                          secret_key=csec)
+    call = c.call
+    return (lambda x: call("f", x)), c.close
+
+
+def _grpc_channel(setup: TcpSetup, tls: bool) -> Any:
+    import grpc
+
+    if not tls:
+        return grpc.insecure_channel(f"127.0.0.1:{setup.port}")
+    with open(setup.cert()[1], "rb") as fh:
+        creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
+    return grpc.secure_channel(f"127.0.0.1:{setup.port}", creds)
+
+
+def _tclient_grpc(setup: TcpSetup, tls: bool) -> Tuple[CallFn, Callable[[], None]]:
+    channel = _grpc_channel(setup, tls)
+    stub = channel.unary_unary("/bench/f", request_serializer=pickle.dumps,
+                               response_deserializer=pickle.loads)
+    return stub, channel.close
+
+
+def _tclient_zmq(setup: TcpSetup, curve: bool) -> Tuple[CallFn, Callable[[], None]]:
+    import zmq
+
+    from pyipc.rpc import keys
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    if curve:
+        _, spub, csec, _ = setup.keys()
+        sock.curve_serverkey = keys.public_key(spub)
+        sock.curve_publickey, sock.curve_secretkey = keys.secret_key(csec)
+    sock.connect(f"tcp://127.0.0.1:{setup.port}")
+
+    def call(x: Any) -> Any:
+        sock.send(pickle.dumps(x, 5))
+        return pickle.loads(sock.recv())
+
+    return call, lambda: (sock.close(0), ctx.term())  # type: ignore[func-returns-value]
+
+
+# name: (module that must import, server, client factory, note)
+TCP_CONTENDERS: Dict[str, Tuple[Optional[str], Callable[[TcpSetup], None],
+                                Callable[[TcpSetup], Tuple[CallFn, Callable[[], None]]], str]] = {
+    "pyipc.rpc tcp": ("zmq", _tserve_pyipc, _tclient_pyipc, "call(); CurveZMQ"),
+    "grpc tcp": ("grpc", lambda s: _tserve_grpc(s, False), lambda s: _tclient_grpc(s, False),
+                 "unary, insecure, pickle"),
+    "grpc tcp+tls": ("grpc", lambda s: _tserve_grpc(s, True), lambda s: _tclient_grpc(s, True),
+                     "unary, TLS (self-signed P-256), pickle"),
+    "zmq tcp": ("zmq", lambda s: _tserve_zmq(s, False), lambda s: _tclient_zmq(s, False),
+                "raw REQ/REP, no security"),
+    "zmq tcp+curve": ("zmq", lambda s: _tserve_zmq(s, True), lambda s: _tclient_zmq(s, True),
+                      "raw REQ/REP, CurveZMQ"),
+}
+
+
+def _tcp_cpus(pin: str) -> Tuple[Optional[int], Optional[int]]:
+    """(client CPU, server CPU) for a pinning: "split", "same" or "none"."""
+    cpus = pick_cpus()
+    if pin == "none" or cpus[0] is None:
+        return None, None
+    if pin == "same":
+        return cpus[0], cpus[0]
+    return cpus
+
+
+def _tcp_child(name: str, setup: TcpSetup, cpu: Optional[int]) -> None:
+    _pin(cpu)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    TCP_CONTENDERS[name][1](setup)
+
+
+class RunningTcp:
+    """A tcp:// contender's server in a pinned child process."""
+
+    def __init__(self, name: str, cpus: Tuple[Optional[int], Optional[int]]) -> None:
+        import socket
+
+        self.setup = TcpSetup()
+        if name.startswith(("pyipc", "zmq tcp+")):
+            self.setup.keys()
+        if name.endswith("tls"):
+            self.setup.cert()
+        self.proc = mp.get_context("fork").Process(target=_tcp_child,
+                                                   args=(name, self.setup, cpus[1]), daemon=True)
+        self.proc.start()
+        end = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.setup.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > end or not self.proc.is_alive():
+                    self.stop()
+                    raise RuntimeError(f"{name}: the server did not start") from None
+                time.sleep(0.02)
+        time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.setup.close()
+
+
+def measure_tcp(name: str, payload: str, duration: float, pin: str = "split") -> Dict[str, Any]:
+    """Sequential round trips of ``f(x)`` over TCP loopback with ``name``."""
+    cpus = _tcp_cpus(pin)
+    x = PAYLOADS[payload]
+    before = os.sched_getaffinity(0)
+    server = RunningTcp(name, cpus)
+    try:
+        _pin(cpus[0])
+        call, close = TCP_CONTENDERS[name][2](server.setup)
+        try:
+            assert call(x) == x
+            lat, elapsed = _sequential(call, x, duration)
+        finally:
+            close()
+    finally:
+        os.sched_setaffinity(0, before)
+        server.stop()
+    return _summary(name, payload, lat, elapsed, TCP_CONTENDERS[name][3])
+
+
+def measure_tcp_pipelined(name: str, payload: str, duration: float,
+                          pin: str = "split") -> Dict[str, Any]:
+    """Calls per second with PIPELINE calls in flight: ``submit`` for
+    pyipc, ``stub.future`` for grpcio."""
+    cpus = _tcp_cpus(pin)
+    x = PAYLOADS[payload]
+    before = os.sched_getaffinity(0)
+    server = RunningTcp(name, cpus)
+    try:
+        _pin(cpus[0])
+        if name.startswith("pyipc"):
+            import pyipc.rpc
+
+            _, spub, csec, _ = server.setup.keys()
+            client = pyipc.rpc.connect(f"tcp://127.0.0.1:{server.setup.port}", timeout=10,
+                                       server_key=spub, secret_key=csec)
+            submit = client.submit
+            start: Callable[[], Any] = lambda: submit("f", x)  # noqa: E731
+            close: Callable[[], Any] = client.close
+        else:
+            channel = _grpc_channel(server.setup, name.endswith("tls"))
+            stub = channel.unary_unary("/bench/f", request_serializer=pickle.dumps,
+                                       response_deserializer=pickle.loads)
+            start = lambda: stub.future(x)  # noqa: E731
+            close = channel.close
+        try:
+            for fut in [start() for _ in range(100)]:  # warm up
+                fut.result()
+            calls = 0
+            end = time.monotonic() + duration
+            t0 = time.perf_counter()
+            while time.monotonic() < end:
+                futures = [start() for _ in range(PIPELINE)]
+                for fut in futures:
+                    fut.result()
+                calls += PIPELINE
+            elapsed = time.perf_counter() - t0
+        finally:
+            close()
+    finally:
+        os.sched_setaffinity(0, before)
+        server.stop()
+    return {"name": f"{name} pipelined", "payload": payload, "calls": calls,
+            "calls_per_s": calls / elapsed, "p50_us": float("nan"), "p99_us": float("nan"),
+            "note": f"{PIPELINE} in flight"}
+
+
+def tcp_unavailable(name: str) -> Optional[str]:
+    """Why tcp:// contender ``name`` cannot run here (None if it can)."""
+    module = TCP_CONTENDERS[name][0]
+    try:
+        if module:
+            __import__(module)
+    except ImportError as exc:
+        return f"{module} is not installed ({exc})"
+    if name.endswith("tls") and shutil.which("openssl") is None:
+        return "openssl is needed to make the certificate"
+    return None
+
+
+def run_tcp_bench(duration: float = 1.0, names: Optional[List[str]] = None,
+                  payloads: Optional[List[str]] = None, pin: str = "split",
+                  progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+    """Every tcp:// contender (or ``names``) with every payload, then the
+    pipelined runs of pyipc and grpcio; rows as ``run_rpc_bench``."""
+    rows: List[Dict[str, Any]] = []
+    for payload in payloads or list(PAYLOADS):
+        for name in names or list(TCP_CONTENDERS):
+            reason = tcp_unavailable(name)
+            if reason is not None:
+                rows.append({"name": name, "payload": payload, "skipped": reason})
+                continue
+            if progress:
+                progress(f"{name} {payload}")
+            try:
+                rows.append(measure_tcp(name, payload, duration, pin))
+            except Exception as exc:  # one broken baseline must not stop the table
+                rows.append({"name": name, "payload": payload, "skipped": f"failed: {exc!r}"})
+        for name in ("pyipc.rpc tcp", "grpc tcp", "grpc tcp+tls"):
+            if (names and name not in names) or tcp_unavailable(name):
+                continue
+            if progress:
+                progress(f"{name} pipelined {payload}")
+            try:
+                rows.append(measure_tcp_pipelined(name, payload, duration, pin))
+            except Exception as exc:
+                rows.append({"name": f"{name} pipelined", "payload": payload,
+                             "skipped": f"failed: {exc!r}"})
+    return rows
+
+
+def format_tcp_table(rows: List[Dict[str, Any]]) -> str:
+    """The tcp:// rows as a text table, with ratios to grpcio (insecure,
+    the same mode: sequential to sequential, pipelined to pipelined)."""
+    base = {(r["payload"], r["name"].endswith("pipelined")): r["calls_per_s"] for r in rows
+            if r["name"] in ("grpc tcp", "grpc tcp pipelined") and "skipped" not in r}
+    out = [f"{'contender':<26} {'payload':<7} {'calls/s':>10} {'p50 us':>8} {'p99 us':>8} "
+           f"{'x grpc':>7}  note"]
+    for r in rows:
+        if "skipped" in r:
+            out.append(f"{r['name']:<26} {r['payload']:<7} {'skipped: ' + r['skipped']}")
+            continue
+        key = (r["payload"], r["name"].endswith("pipelined"))
+        ratio = r["calls_per_s"] / base[key] if key in base else float("nan")
+        out.append(f"{r['name']:<26} {r['payload']:<7} {r['calls_per_s']:>10,.0f} "
+                   f"{r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {ratio:>7.1f}  {r['note']}")
+    return "\n".join(out)
+
+
 # ---- pytest-benchmark ------------------------------------------------------------
 
 if pytest is not None:
@@ -571,15 +923,57 @@ if pytest is not None:
         assert call(x) == x
         benchmark(call, x)
 
+    @pytest.fixture(params=list(TCP_CONTENDERS))
+    def tcp_contender(request: Any) -> Iterator[Tuple[str, CallFn]]:
+        name = request.param
+        reason = tcp_unavailable(name)
+        if reason is not None:
+            pytest.skip(reason)
+        cpus = _tcp_cpus("split")
+        before = os.sched_getaffinity(0)
+        server = RunningTcp(name, cpus)
+        try:
+            _pin(cpus[0])
+            call, close = TCP_CONTENDERS[name][2](server.setup)
+            try:
+                yield name, call
+            finally:
+                close()
+        finally:
+            os.sched_setaffinity(0, before)
+            server.stop()
+
+    @pytest.mark.parametrize("payload", list(PAYLOADS))
+    def test_tcp_roundtrip(benchmark: Any, tcp_contender: Tuple[str, CallFn],
+                           payload: str) -> None:
+        """One sequential call of f(x) -> x over TCP loopback."""
+        name, call = tcp_contender
+        benchmark.group = f"rpc-tcp-roundtrip-{payload}"
+        x = PAYLOADS[payload]
+        assert call(x) == x
+        benchmark(call, x)
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--duration", type=float, default=1.0, help="seconds per cell (default 1)")
     p.add_argument("--only", help="comma-separated contenders (default: all)")
     p.add_argument("--payloads", help="comma-separated payloads: int,1KiB (default: both)")
+    p.add_argument("--tcp", action="store_true",
+                   help="tcp:// on loopback instead: pyipc (CurveZMQ), grpcio, raw pyzmq")
+    p.add_argument("--pin", choices=("split", "same", "none"), default="split",
+                   help="--tcp: client and server on two CPUs (default), one, or unpinned")
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else None
     payloads = args.payloads.split(",") if args.payloads else None
+    if args.tcp:
+        cpus = _tcp_cpus(args.pin)
+        print(f"pinning {args.pin}: client on CPU {cpus[0]}, server on CPU {cpus[1]}",
+              file=sys.stderr)
+        rows = run_tcp_bench(args.duration, names, payloads, args.pin,
+                             progress=lambda s: print(f"  {s}", file=sys.stderr))
+        print(format_tcp_table(rows))
+        return 0
     cpus = pick_cpus()
     print(f"client on CPU {cpus[0]}, server on CPU {cpus[1]}" if cpus[0] is not None
           else "one CPU: unpinned", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The ``pyipc`` command: ``bench``, ``ls``, ``info``, ``rm``, ``repair`` and ``rpc``.
+"""The ``pyipc`` command: ``bench``, ``ls``, ``info``, ``rm``, ``repair``, ``rpc`` and ``keygen``.
 
 A ring is named as in the API: ``jobs`` or ``/jobs`` is the shared-memory
 segment ``/dev/shm/jobs``.  A ring in a file is given by its path, which
@@ -308,6 +308,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        from .rpc.keys import generate
+
+        public, secret = generate(args.name, args.dir)
+    except ImportError as exc:
+        raise _OperationalError(str(exc)) from None
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    except OSError as exc:
+        raise _OperationalError(f"{exc.filename or args.dir}: {exc.strerror}") from None
+    print(f"public key (give it to the other side): {public}")
+    print(f"secret key (mode 0600, keep it here):   {secret}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------
@@ -386,6 +402,16 @@ def _parser() -> argparse.ArgumentParser:
                          description="Call a pyipc.rpc server's methods from the shell "
                                      "(arguments are Python literals), or list named servers.")
     _rpc_subcommands(rpc)
+
+    kg = sub.add_parser("keygen", help="make a CurveZMQ key pair for tcp:// RPC",
+                        description="Write a CurveZMQ key pair in ZeroMQ's certificate format: "
+                                    "NAME.key (public: give it to the other side) and "
+                                    "NAME.key_secret (secret, mode 0600).  Existing files are "
+                                    "never overwritten.  Needs pyipc[net].")
+    kg.add_argument("name", metavar="NAME", help="the files' name, without extension")
+    kg.add_argument("--dir", default=".", metavar="DIR",
+                    help="where to write them (default: the current directory)")
+    kg.set_defaults(func=_cmd_keygen)
     return p
 
 

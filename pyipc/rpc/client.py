@@ -26,10 +26,11 @@ import collections
 import concurrent.futures
 import itertools
 import os
+import pickle
 import threading
 import time
 import weakref
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import Empty, Full, ShutDown
 from . import protocol as P
@@ -370,19 +371,48 @@ class _Proxy:
 # ---- the client ----------------------------------------------------------------
 
 
+def _decode_frames(m: List[Any], nbufs: int) -> Any:
+    """The body of a reply that came as ``[head, pickle, buffer, ...]``
+    (tcp://): unpickled over the frames' own memory."""
+    if len(m) != nbufs + 2:
+        raise pickle.UnpicklingError(f"{len(m) - 2} buffers came where {nbufs} were announced")
+    return pickle.loads(m[1], buffers=m[2:])
+
+
+def _is_tcp(address: Any) -> bool:
+    if isinstance(address, str):
+        return address.startswith("tcp://")
+    return isinstance(address, (list, tuple))
+
+
 class Client:
     """A connection to a ``Server``; see ``connect()``."""
 
-    def __init__(self, address: str, timeout: Optional[float] = None) -> None:
+    def __init__(self, address: Union[str, Sequence[str]], timeout: Optional[float] = None,
+                 **net: Any) -> None:
         self._closed = True
         self._forked = False
+        self._net = net
         self._connect(address, timeout)
         _clients.add(self)
 
-    def _connect(self, address: str, timeout: Optional[float]) -> None:
-        t = LocalClientTransport(address, timeout)
+    def _connect(self, address: Union[str, Sequence[str]], timeout: Optional[float]) -> None:
+        t: Any
+        if _is_tcp(address):
+            from .keys import require_zmq
+
+            require_zmq()
+            from .tcp import TcpClientTransport
+
+            t = TcpClientTransport(address, timeout, **self._net)
+        else:
+            if self._net:
+                raise ValueError(f"{', '.join(sorted(self._net))}: only for tcp:// addresses")
+            assert isinstance(address, str)
+            t = LocalClientTransport(address, timeout)
         self._t = t
-        self.address = t.path
+        self.address: Union[str, List[str]] = t.path
+        self._encode: Callable[..., Any] = getattr(t, "encode_request", _encode_request)
         self._recv = t.recv_reply
         self._recv_many = t.recv_replies
         self._send = t.send_request
@@ -433,15 +463,21 @@ class Client:
             raise ValueError("operation on a closed rpc Client")
         deadline = _deadline(timeout) if timeout is not None else 0
         rid = next(self._ids)
-        data = _encode_request(_CALL, rid, deadline, method, args, kwargs)
+        data = self._encode(_CALL, rid, deadline, method, args, kwargs)
         slot = _Slot()
         pending = self._pending
         pending[rid] = slot
         try:
             self._send(data)
-            self._wait(slot, deadline)
         except BaseException:
             pending.pop(rid, None)
+            raise
+        try:
+            self._wait(slot, deadline)
+        except BaseException:
+            # Timed out or interrupted: the server may drop the call, and a
+            # transport that counts calls in flight forgets this one.
+            self._abandon(rid)
             raise
         if slot.kind == _RESULT:
             return slot.value
@@ -459,7 +495,7 @@ class Client:
         if self._closed:
             raise ValueError("operation on a closed rpc Client")
         rid = next(self._ids)
-        data = _encode_request(_CALL, rid, 0, method, args, kwargs)
+        data = self._encode(_CALL, rid, 0, method, args, kwargs)
         fut = RpcFuture()
         fut._client = self
         fut._rid = rid
@@ -489,7 +525,7 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = _deadline(timeout)
         rid = next(self._ids)
-        data = _encode_request(_CALL, rid, deadline, method, args, kwargs)
+        data = self._encode(_CALL, rid, deadline, method, args, kwargs)
         fut = loop.create_future()
         self._pending[rid] = _AsyncEntry(loop, fut)
         self._async.add(rid)
@@ -518,7 +554,7 @@ class Client:
             raise ValueError("operation on a closed rpc Client")
         if self._gone is not None:
             raise ServerGone("the server is gone")
-        self._send(_encode_request(_NOTIFY, next(self._ids), 0, method, args, kwargs))
+        self._send(self._encode(_NOTIFY, next(self._ids), 0, method, args, kwargs))
 
     def _abandon(self, rid: int) -> None:
         """Forget a call nobody waits for any more; if its reply has not
@@ -612,7 +648,7 @@ class Client:
                             self._flush()
                             continue
                         for m in msgs:
-                            dispatch(memoryview(m), len(m))
+                            dispatch(m)
                         continue
                     if deliveries:
                         self._flush()
@@ -624,16 +660,19 @@ class Client:
                 except (ShutDown, ValueError):
                     self._fail_all()
                     return
-                dispatch(memoryview(data), len(data))
+                dispatch(data)
         finally:
             if deliveries:
                 self._flush()
 
-    def _dispatch(self, view: memoryview, n: int) -> None:
-        """Hand one reply (``view[:n]``) to whoever waits for it."""
-        if n < _REPLY_SIZE:
+    def _dispatch(self, m: Any) -> None:
+        """Hand one reply to whoever waits for it: bytes, or (tcp://) the
+        frames ``[head, pickle, buffer, ...]``."""
+        frames = type(m) is list
+        head = m[0] if frames else m
+        if len(head) < _REPLY_SIZE:
             return  # not a reply: ignore it
-        kind, _, nbufs, rid = _unpack_reply(view)
+        kind, _, nbufs, rid = _unpack_reply(head)
         pending = self._pending
         entry = pending.get(rid)
         if entry is None:
@@ -642,7 +681,10 @@ class Client:
             value = None
         else:
             try:
-                value = _decode_body(view, _REPLY_SIZE, n, nbufs)
+                if frames:
+                    value = _decode_frames(m, nbufs)
+                else:
+                    value = _decode_body(memoryview(m), _REPLY_SIZE, len(m), nbufs)
             except BaseException as exc:
                 kind, value = _ERROR, P.unpicklable_error(exc, "reply")
             else:
@@ -736,20 +778,48 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self) -> Tuple[Callable[..., "Client"], Tuple[str]]:
-        # By address: the receiving process connects anew.
+    def __reduce__(self) -> Tuple[Callable[..., "Client"], Tuple[Any, ...]]:
+        # By address: the receiving process connects anew (with the same
+        # keys, for tcp://: a client pickled carries its secret key).
+        if self._net:
+            return (_connect_with, (self.address, self._net))
         return (connect, (self.address,))
 
     def __repr__(self) -> str:
         return f"<pyipc.rpc.Client {self.address!r}{' closed' if self._closed else ''}>"
 
 
-def connect(address: str, timeout: Optional[float] = None) -> Client:
+def connect(address: Union[str, Sequence[str]], timeout: Optional[float] = None, *,
+            server_key: Any = None, secret_key: Any = None,
+            heartbeat: Optional[float] = None) -> Client:
     """Connect to the server at ``address`` (a name or an absolute path).
 
     ``timeout`` bounds the connection and its handshake (``TimeoutError``).
     Raises ``FileNotFoundError`` or ``ConnectionRefusedError`` when no
     server is there, ``PermissionError`` when the server refuses this
     user.
+
+    ``tcp://host:port`` (the ``net`` extra), or a list of such addresses
+    to spread calls over several servers, connects over ZeroMQ with
+    CurveZMQ: ``server_key`` is the server's public key and
+    ``secret_key`` this client's secret key (key files made by ``pyipc
+    keygen``, or key bytes).  It returns once a server has completed the
+    handshake; ``PermissionError`` if the server refuses this client's key
+    or ``server_key`` is not the server's, ``ConnectionRefusedError`` if
+    no server answered within ``timeout`` (default: the heartbeat).  A
+    server silent for ``heartbeat`` seconds (default 5) makes its calls
+    raise ``ServerGone``; calls made once it is back succeed.
     """
-    return Client(address, timeout)
+    net: Dict[str, Any] = {}
+    if server_key is not None:
+        net["server_key"] = server_key
+    if secret_key is not None:
+        net["secret_key"] = secret_key
+    if heartbeat is not None:
+        net["heartbeat"] = heartbeat
+    return Client(address, timeout, **net)
+
+
+def _connect_with(address: Any, net: Dict[str, Any]) -> Client:
+    """Unpickle a tcp:// client: connect anew with the same keys."""
+    return Client(address, None, **net)

@@ -29,18 +29,24 @@ once, whatever the number of clients: a semaphore taken around each call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import os
+import pickle
 import selectors
 import threading
 import time
 import types
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, TypeVar, Union, overload
+from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, TypeVar,
+                    Union, overload)
 
 from ..errors import Full, MessageTooLarge, ShutDown
 from . import protocol as P
 from .errors import NoSuchMethod
 from .local import DEFAULT_CAPACITY, LocalConnection, LocalListener, resolve_address
+
+if False:  # typing only: the tcp module imports pyzmq
+    from .tcp import TcpListener
 
 __all__ = ["Server"]
 
@@ -55,9 +61,10 @@ _monotonic_ns = time.monotonic_ns
 _GeneratorType = types.GeneratorType
 _decode_header = P.decode_request_header
 _decode_body = P.decode_body
-_encode_reply = P.encode_reply
 _encode_error = P.encode_error
 _REQ_SIZE = P.REQUEST_HEADER.size
+_unpack_request = P.REQUEST_HEADER.unpack_from
+_CONTROL_SIZE = P.CONTROL.size
 _CALL = P.CALL
 _RESULT = P.RESULT
 
@@ -83,6 +90,21 @@ class _ThreadState:
         self.started = 0  # calls taken so far
 
 
+class _Release:
+    """A context manager that releases a semaphore already acquired."""
+
+    __slots__ = ("sem",)
+
+    def __init__(self, sem: threading.BoundedSemaphore) -> None:
+        self.sem = sem
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.sem.release()
+
+
 class _Stream:
     """A generator call in progress: its credit and cancellation."""
 
@@ -95,10 +117,19 @@ class _Stream:
 
 
 class _Lane:
-    """Everything the server holds for one client."""
+    """Everything the server holds for one client.
 
-    def __init__(self, conn: LocalConnection) -> None:
+    For ``tcp://`` a lane is either one client connection (its ``conn`` a
+    ``TcpPeer``: calls, streams, tasks; no threads of its own) or the
+    reader group (its ``conn`` the ``TcpListener``: the threads that read
+    the socket, ``main`` being what they run).
+    """
+
+    def __init__(self, conn: Any, main: Optional[Callable[..., None]] = None) -> None:
         self.conn = conn
+        self.main = main
+        # How replies are framed: one message for the rings, frames for tcp.
+        self.encode_reply: Callable[..., Any] = getattr(conn, "encode_reply", P.encode_reply)
         self.lock = threading.Lock()
         self.states: List[_ThreadState] = []
         self.dead = False
@@ -135,6 +166,16 @@ class Server:
     is the bytes of each client's request and reply rings (the largest
     request or reply is a little less); ``stream_window`` is how many
     items a generator may run ahead of its consumer.
+
+    ``tcp://host:port`` (the ``net`` extra; port 0 picks a free one, and
+    ``server.address`` is the bound address) serves other hosts over
+    ZeroMQ with CurveZMQ: ``secret_key`` is the server's secret key and
+    ``allowed_keys`` the public keys of the clients it serves (key files
+    made by ``pyipc keygen``, or key bytes); without ``secret_key`` (or
+    ``allowed_keys``) it raises ``ValueError``.  A port in use raises
+    ``FileExistsError``.  A client connection silent for ``heartbeat``
+    seconds is dropped with everything it held.  ``mode``,
+    ``allow_uids`` and ``capacity`` do not apply there.
     """
 
     def __init__(
@@ -146,19 +187,38 @@ class Server:
         allow_uids: Optional[Iterable[int]] = None,
         capacity: int = DEFAULT_CAPACITY,
         stream_window: int = 16,
+        secret_key: Any = None,
+        allowed_keys: Optional[Sequence[Any]] = None,
+        heartbeat: float = 5.0,
     ) -> None:
         if workers < 1:
             raise ValueError("'workers' must be at least 1")
         if stream_window < 1:
             raise ValueError("'stream_window' must be at least 1")
         self._closed = True  # until fully made, for close() and __del__
-        path = resolve_address(address, create_dir=True)
-        self._listener = LocalListener(path, mode, allow_uids, capacity)
-        self.address = path
+        self._net: Optional["TcpListener"] = None
+        self._net_lanes: Dict[bytes, _Lane] = {}
+        if isinstance(address, str) and address.startswith("tcp://"):
+            from .keys import require_zmq
+
+            require_zmq()
+            from .tcp import TcpListener
+
+            self._net = TcpListener(address, secret_key, allowed_keys, heartbeat)
+            self._listener: Optional[LocalListener] = None
+            self.address = self._net.address
+        else:
+            if secret_key is not None or allowed_keys is not None:
+                raise ValueError("secret_key and allowed_keys are for tcp:// addresses")
+            path = resolve_address(address, create_dir=True)
+            self._listener = LocalListener(path, mode, allow_uids, capacity)
+            self.address = path
         self.workers = workers
         self.stream_window = stream_window
         self._methods: Dict[str, tuple[Callable[..., Any], int]] = {}
         self._sem = threading.BoundedSemaphore(workers)
+        self._release = _Release(self._sem)
+        self._backlog: Deque[Any] = collections.deque()
         self._lanes: Dict[LocalConnection, _Lane] = {}
         self._handshaking: Set[LocalConnection] = set()
         self._threads: List[threading.Thread] = []
@@ -260,13 +320,17 @@ class Server:
         if self._closed:
             return
         self._closed = True
-        self._listener.close()
+        if self._listener is not None:
+            self._listener.close()
+        if self._net is not None:
+            self._net.shutdown()
         try:
             os.write(self._wake_w, b"x")
         except OSError:
             pass
-        for lane in list(self._lanes.values()):
+        for lane in list(self._lanes.values()) + list(self._net_lanes.values()):
             self._kill_lane(lane)
+        self._net_lanes.clear()
         for conn in list(self._handshaking):
             conn.close()
         self._handshaking.clear()
@@ -287,6 +351,8 @@ class Server:
         for t in (self._control, self._loop_thread):
             if t is not None and t is not threading.current_thread():
                 t.join(1.0)
+        if self._net is not None:
+            self._net.close()  # after the control thread: it uses the ZAP socket
 
     def _close_pipe(self) -> None:
         with self._threads_lock:
@@ -313,6 +379,10 @@ class Server:
     # ---- the control thread ----------------------------------------------
 
     def _control_loop(self) -> None:
+        if self._net is not None:
+            self._net_loop(self._net)
+            return
+        assert self._listener is not None
         sel = selectors.DefaultSelector()
         self._looping = True
         try:
@@ -366,14 +436,19 @@ class Server:
             kind, rid, n = msg
             if kind == P.BYE:
                 lane.graceful = True
-            elif kind == P.CANCEL:
-                self._cancel(lane, rid)
-            elif kind == P.CREDIT:
-                stream = lane.streams.get(rid)
-                if stream is not None:
-                    with stream.cond:
-                        stream.credit += n
-                        stream.cond.notify()
+            else:
+                self._control_message(lane, kind, rid, n)
+
+    def _control_message(self, lane: _Lane, kind: int, rid: int, n: int) -> None:
+        """A cancel or a stream credit from the client of ``lane``."""
+        if kind == P.CANCEL:
+            self._cancel(lane, rid)
+        elif kind == P.CREDIT:
+            stream = lane.streams.get(rid)
+            if stream is not None:
+                with stream.cond:
+                    stream.credit += n
+                    stream.cond.notify()
 
     def _gone(self, sel: selectors.BaseSelector, conn: LocalConnection) -> None:
         """The client closed its socket or died: drop everything it had."""
@@ -527,7 +602,149 @@ class Server:
                 return
             state = _ThreadState()
             lane.states.append(state)
-        self._spawn(self._lane_main, lane, state, name="pyipc-rpc-lane")
+        self._spawn(lane.main or self._lane_main, lane, state, name="pyipc-rpc-lane")
+
+    # ---- tcp:// -------------------------------------------------------------
+    #
+    # One ROUTER socket carries every client's calls and control messages
+    # (see tcp.py).  Its readers are the lane threads of one reader group:
+    # as for a local client, a reader runs plain functions itself (no
+    # hand-off to a worker thread) and the monitor adds a reader when one
+    # has been inside a call for a tick.  Each client connection has a
+    # lane of its own for its calls, streams and tasks, made when its
+    # first message arrives and dropped when it says goodbye or its
+    # connection is lost.
+
+    def _net_loop(self, net: "TcpListener") -> None:
+        self._looping = True
+        try:
+            if self._closed:
+                return
+            group = _Lane(net, self._net_main)
+            self._lanes[net] = group  # type: ignore[index]
+            state = _ThreadState()
+            group.states.append(state)
+            self._spawn(self._net_main, group, state, name="pyipc-rpc-net")
+            if self._monitor is None:
+                self._monitor = threading.Thread(target=self._monitor_main,
+                                                 name="pyipc-rpc-monitor", daemon=True)
+                self._monitor.start()
+            net.serve_control(self._wake_r, lambda: self._closed, self._net_lost)
+        finally:
+            self._looping = False
+            if self._closed:
+                self._close_pipe()
+
+    def _net_lost(self) -> None:
+        """A client connection was lost: drop the lanes of every client
+        that can no longer be reached (a probe finds them)."""
+        net = self._net
+        if net is None:
+            return
+        for peer, lane in list(self._net_lanes.items()):
+            if not net.reachable(peer):
+                self._net_lanes.pop(peer, None)
+                self._kill_lane(lane)
+
+    def _net_main(self, group: _Lane, state: _ThreadState) -> None:
+        net = group.conn
+        recv = net.recv_request
+        handle = self._handle_net
+        lanes = self._net_lanes
+        states = group.states
+        try:
+            while True:
+                try:
+                    peer, first, rest = recv()
+                except (ShutDown, ValueError):
+                    return
+                state.waiting = False
+                state.started += 1
+                if self._monitor_asleep:
+                    self._monitor_asleep = False
+                    self._monitor_event.set()
+                lane = lanes.get(peer)
+                if lane is None:
+                    if self._closed:
+                        return
+                    from .tcp import TcpPeer
+
+                    lane = lanes.setdefault(peer, _Lane(TcpPeer(net, peer)))
+                if len(first) == _CONTROL_SIZE and not rest:
+                    msg = P.decode_control(first)
+                    if msg is not None:
+                        kind, rid, n = msg
+                        if kind == P.BYE:
+                            self._net_bye(peer, lane)
+                        else:
+                            self._control_message(lane, kind, rid, n)
+                else:
+                    handle(lane, first, rest)
+                if len(states) > 1:
+                    with group.lock:
+                        if any(s.waiting for s in states if s is not state):
+                            return
+                        state.waiting = True
+                else:
+                    state.waiting = True
+        finally:
+            with group.lock:
+                if state in states:
+                    states.remove(state)
+
+    def _net_bye(self, peer: bytes, lane: _Lane) -> None:
+        """The client is closing.  Everything it sent has been read (one
+        connection keeps its order), so its calls run on (a notify sent
+        just before close() too), but its streams have no reader left."""
+        self._net_lanes.pop(peer, None)
+        lane.graceful = True
+        for stream in list(lane.streams.values()):
+            with stream.cond:
+                stream.cancelled = True
+                stream.cond.notify()
+
+    def _handle_net(self, lane: _Lane, first: bytes, rest: List[Any]) -> None:
+        """Run one request from a tcp:// client: ``first`` is the header and
+        pickle, or the header alone with the pickle and its buffers in
+        ``rest`` (see tcp.py).  The deadline came as nanoseconds left.
+
+        The same steps as ``_handle``, which stays separate so that the
+        local path does no transport test."""
+        n = len(first)
+        if n < _REQ_SIZE:
+            return
+        kind, _, nbufs, rid, left = _unpack_request(first)
+        lane.last_rid = rid
+        if lane.cancelled and rid in lane.cancelled:
+            lane.cancelled.discard(rid)
+            return
+        deadline = _monotonic_ns() + left if left > 0 else 0
+        if left == 1:
+            return  # it expired before it was sent
+        reply = kind == _CALL
+        try:
+            if rest:
+                if len(rest) != nbufs + 1:
+                    raise pickle.UnpicklingError(
+                        f"{len(rest) - 1} buffers came where {nbufs} were announced")
+                method, args, kwargs = pickle.loads(rest[0], buffers=rest[1:])
+            else:
+                method, args, kwargs = _decode_body(memoryview(first), _REQ_SIZE, n, 0)
+            entry = self._methods.get(method)
+            if entry is None:
+                raise NoSuchMethod(f"no method {method!r} on this server")
+        except BaseException as exc:
+            if reply:
+                lane.send(_encode_error(rid, exc))
+            return
+        func, fkind = entry
+        if fkind == _PLAIN:
+            self._submit_net(lane, rid, reply, deadline, func, args, kwargs)
+        elif fkind == _CORO:
+            self._ensure_loop().call_soon_threadsafe(
+                self._start_task, lane, rid, reply, deadline, func, args, kwargs)
+        else:
+            self._start_stream(lane, rid, reply, func, args, kwargs, fkind == _AGEN)
 
     # ---- running calls ---------------------------------------------------
 
@@ -562,9 +779,39 @@ class Server:
         else:
             self._start_stream(lane, rid, reply, func, args, kwargs, fkind == _AGEN)
 
+    def _submit_net(self, *call: Any) -> None:
+        """Run a plain function's call now if a worker slot is free, else
+        leave it in the backlog for whoever frees one.
+
+        A tcp:// reader never waits for a slot: it is also the reader of
+        every client's cancels and stream credit, which must not wait
+        behind slow calls (a local client's come through a socket of
+        their own)."""
+        if self._sem.acquire(False):
+            self._run_plain(*call, gate=self._release)  # type: ignore[misc]
+        else:
+            self._backlog.append(call)
+        if self._backlog:
+            self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Run backlog calls while worker slots are free.  Called after
+        every release of a slot on the tcp:// paths, so that no call is
+        left behind: one queued just after a release finds the slot free."""
+        backlog = self._backlog
+        while backlog and self._sem.acquire(False):
+            try:
+                call = backlog.popleft()
+            except IndexError:
+                self._sem.release()
+                return
+            self._run_plain(*call, gate=self._release)  # type: ignore[misc]
+
     def _run_plain(self, lane: _Lane, rid: int, reply: bool, deadline: int,
-                   func: Callable[..., Any], args: Any, kwargs: Any) -> None:
-        with self._sem:
+                   func: Callable[..., Any], args: Any, kwargs: Any, gate: Any = None) -> None:
+        # ``gate`` (tcp://): the worker slot is held already and released
+        # on leaving (see _submit_net).
+        with self._sem if gate is None else gate:
             # Waiting for a worker is waiting in the queue too.
             if deadline and _monotonic_ns() >= deadline:
                 return
@@ -583,7 +830,7 @@ class Server:
         if not reply:
             return
         try:
-            data = _encode_reply(_RESULT, rid, result)
+            data = lane.encode_reply(_RESULT, rid, result)
         except BaseException as exc:
             data = _encode_error(rid, exc)
         try:
@@ -658,7 +905,7 @@ class Server:
         if not reply:
             return
         try:
-            data = _encode_reply(_RESULT, rid, result)
+            data = lane.encode_reply(_RESULT, rid, result)
         except BaseException as exc:
             data = _encode_error(rid, exc)
         await self._send_async(lane, data)
@@ -696,7 +943,7 @@ class Server:
             return
         stream = _Stream(self.stream_window)
         lane.streams[rid] = stream
-        lane.send(_encode_reply(P.STREAM, rid, None))
+        lane.send(lane.encode_reply(P.STREAM, rid, None))
         self._spawn(self._stream_main, lane, rid, stream, gen, is_async, name="pyipc-rpc-stream")
 
     def _next(self, gen: Any, is_async: bool) -> Any:
@@ -720,8 +967,12 @@ class Server:
     def _drain(self, gen: Any, is_async: bool) -> None:
         try:
             while True:
-                with self._sem:
-                    self._next(gen, is_async)
+                try:
+                    with self._sem:
+                        self._next(gen, is_async)
+                finally:
+                    if self._backlog:
+                        self._drain_backlog()
         except BaseException:
             pass
 
@@ -741,13 +992,15 @@ class Server:
                     try:
                         item = self._next(gen, is_async)
                     except StopIteration:
-                        lane.send(_encode_reply(P.END, rid, None))
+                        lane.send(lane.encode_reply(P.END, rid, None))
                         return
                     except BaseException as exc:
                         lane.send(_encode_error(rid, exc))
                         return
+                if self._backlog:
+                    self._drain_backlog()
                 try:
-                    data = _encode_reply(P.ITEM, rid, item)
+                    data = lane.encode_reply(P.ITEM, rid, item)
                     lane.conn.send_reply(data)
                 except (ShutDown, ValueError):
                     self._close_gen(gen, is_async)
@@ -759,3 +1012,5 @@ class Server:
         finally:
             lane.streams.pop(rid, None)
             lane.cancelled.discard(rid)
+            if self._backlog:
+                self._drain_backlog()
