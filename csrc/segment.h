@@ -44,6 +44,9 @@ void seg_publish(struct seg *s, uint32_t kind);
 /* Attach: wait briefly for a creator to publish, validate the shared
  * geometry against the file (-EBADMSG), map, and claim an owner id. */
 int seg_attach(struct seg *s, const char *where, int flags, uint32_t kind, uint64_t hdr_min);
+/* Read a segment's first line without attaching (for repair, and for
+ * messages that say what a segment is). */
+int seg_peek(const char *where, int flags, struct seg_hdr *out);
 /* Unmap and close; idempotent. */
 void seg_detach(struct seg *s);
 /* In a forked child (async-signal-safe): get a file description of our own

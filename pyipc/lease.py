@@ -19,6 +19,10 @@ in C.  At the end of the ``with`` block the lease releases its view; if the
 chain survives that, something still exports the memory: the exit raises
 ``BufferError`` and the lease ends later, when the chain dies (a
 reservation is then dropped, never published).
+
+The same leases serve every kind of segment: the owner passes the C
+functions that end its leases (a ring's by default, a topic's for
+``Publisher.reserve`` and ``Subscriber.view``).
 """
 from __future__ import annotations
 
@@ -37,10 +41,10 @@ _c_release = lib.pyipc_ring_release
 class _Token:
     """Ends one lease in C, exactly once, in the process that took it."""
 
-    __slots__ = ("h", "slot", "pos", "size", "publish", "done", "rc", "pid")
+    __slots__ = ("h", "slot", "pos", "size", "publish", "done", "rc", "pid", "fn")
 
-    def __init__(self, h: Any, slot: int, pos: int, size: int, publish: Optional[bool]) -> None:
-        self.h = h  # the ring's C handle: kept alive (and mapped) by us
+    def __init__(self, h: Any, slot: int, pos: int, size: int, publish: Optional[bool], fn: Any) -> None:
+        self.h = h  # the segment's C handle: kept alive (and mapped) by us
         self.slot = slot
         self.pos = pos
         self.size = size
@@ -48,6 +52,7 @@ class _Token:
         self.done = False
         self.rc = 0
         self.pid = os.getpid()
+        self.fn = fn  # release(h, slot, pos) for a view, commit(h, slot, pos, size, publish)
 
     def end(self, _ptr: Any = None) -> None:
         if self.done:
@@ -57,19 +62,20 @@ class _Token:
             return  # a forked child's copy: the lease is the parent's
         while True:
             if self.publish is None:
-                rc = _c_release(self.h, self.slot, self.pos)
+                rc = self.fn(self.h, self.slot, self.pos)
             else:
-                rc = _c_commit(self.h, self.slot, self.pos, self.size, 1 if self.publish else 0)
+                rc = self.fn(self.h, self.slot, self.pos, self.size, 1 if self.publish else 0)
             if rc != RC_EINTR:
                 break
         self.rc = rc
 
 
 class _Lease:
-    __slots__ = ("_ring", "_size", "_block", "_timeout", "_view", "_token")
+    __slots__ = ("_ring", "_size", "_block", "_timeout", "_view", "_token", "_fn")
 
-    def __init__(self, ring: Any, size: int, block: bool, timeout: Optional[float]) -> None:
-        self._ring = ring
+    def __init__(self, ring: Any, size: int, block: bool, timeout: Optional[float], fn: Any = None) -> None:
+        self._ring = ring  # whatever made the lease: a RingBuffer, Publisher or Subscriber
+        self._fn = fn
         self._size = size
         self._block = block
         self._timeout = timeout
@@ -122,7 +128,8 @@ class Reservation(_Lease):
 
     def __enter__(self) -> memoryview:
         h, ptr, slot, pos = self._ring._reserve_raw(self._size, self._block, self._timeout)
-        return self._wrap(ptr, _Token(h, slot, pos, self._size, True), readonly=False)
+        fn = _c_commit if self._fn is None else self._fn
+        return self._wrap(ptr, _Token(h, slot, pos, self._size, True, fn), readonly=False)
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None and self._token is not None:
@@ -142,7 +149,8 @@ class View(_Lease):
 
     def __enter__(self) -> memoryview:
         h, ptr, slot, pos, size = self._ring._view_raw(self._block, self._timeout)
-        return self._wrap(ptr, _Token(h, slot, pos, size, None), readonly=True)
+        fn = _c_release if self._fn is None else self._fn
+        return self._wrap(ptr, _Token(h, slot, pos, size, None, fn), readonly=True)
 
     def __exit__(self, *_: Any) -> None:
         self._finish()
