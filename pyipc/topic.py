@@ -344,7 +344,7 @@ class Publisher(_Topic):
             return total
         # Small messages travel joined: one copy here costs less than a
         # buffer object per message.
-        blob = b"".join(bufs)
+        blob = b"".join(b if type(b) is bytes else memoryview(b).cast("B") for b in items)
         lens = ffi.new("uint64_t[]", sizes)
         base = _from_buffer(blob)
         done = ffi.new("size_t *")
