@@ -1261,8 +1261,9 @@ static int sub_ready(struct pyipc_topic *t)
 }
 
 /* "overwrite": has the record at *pos been (or is it being) overwritten?
- * If so, *pos moves to the oldest record still intact. */
-static inline int overtaken(struct pyipc_topic *t, uint64_t *pos)
+ * If so, *pos moves to the oldest record still intact, and *tail to a
+ * tail read after it (so *pos <= *tail again). */
+static inline int overtaken(struct pyipc_topic *t, uint64_t *pos, uint64_t *tail)
 {
 	uint64_t oldest;
 
@@ -1273,6 +1274,8 @@ static inline int overtaken(struct pyipc_topic *t, uint64_t *pos)
 	if (likely(!before(*pos, oldest)))
 		return 0;
 	*pos = oldest;
+	*tail = atomic_load_explicit(&t->hdr->pub.tail, memory_order_acquire);
+	t->cached_tail = *tail;
 	return 1;
 }
 
@@ -1311,17 +1314,13 @@ static int next_message(struct pyipc_topic *t, uint64_t *pos, uint64_t *tail, st
 			if (*pos == *tail)
 				return 0;
 		}
-		if (ow && overtaken(t, pos)) {
-			/* Fell a ring behind: go on from the oldest record. */
-			*tail = atomic_load_explicit(&p->tail, memory_order_acquire);
-			t->cached_tail = *tail;
-			continue;
-		}
+		if (ow && overtaken(t, pos, tail))
+			continue; /* fell a ring behind: go on from the oldest record */
 		if (!span_ok(t, *pos, *tail))
 			return -EBADMSG;
 		read_hdr(t, *pos, h);
 		sz = parse(t, h, *tail - *pos, len);
-		if (ow && overtaken(t, pos))
+		if (ow && overtaken(t, pos, tail))
 			continue; /* what we read may be torn */
 		if (sz < 0)
 			return -EBADMSG;
@@ -1362,7 +1361,7 @@ static int64_t sub_take(struct pyipc_topic *t, unsigned char *buf, uint64_t cap,
 		here = pos;
 		if (len)
 			memcpy(buf + off, at(t, pos) + TREC_HDR, len);
-		if (ow && overtaken(t, &pos))
+		if (ow && overtaken(t, &pos, &tail))
 			continue; /* overwritten while we copied: thrown away */
 		lens[n++] = len;
 		off += len;
