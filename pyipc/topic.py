@@ -13,11 +13,14 @@ import asyncio
 import operator
 import os
 import secrets
+import threading
 import time
-from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
+from collections import deque
+from itertools import accumulate
+from typing import Any, Callable, Deque, Iterable, List, Optional, Tuple, Union
 
 from ._core import ffi, lib
-from ._util import FOREVER, deadline
+from ._util import FOREVER, NOWAIT, deadline
 from .errors import CorruptedError, Empty, Full, IPCError, MessageTooLarge, ShutDown, error_from
 from .errors import (
     RC_EINTR as _EINTR,
@@ -40,6 +43,10 @@ _RC_EUSERS = -87
 _RC_EPERM = -1
 _FIRST_BUFFER = 64 * 1024
 _JOIN_MAX = 256 * 1024
+# recv() takes up to this many messages that are already there in one C
+# call and hands them out one by one: a C call through cffi costs more than
+# a small message's whole copy (see the README's "Topics" section).
+READ_AHEAD = 64
 
 _c_publish = lib.pyipc_topic_publish
 _c_recv = lib.pyipc_topic_recv
@@ -409,7 +416,7 @@ class Subscriber(_Topic):
     ``fork``) becomes a new subscriber there.
     """
 
-    __slots__ = ("_bufs", "_start")
+    __slots__ = ("_bufs", "_start", "_ahead", "_fill_lock", "_lens")
 
     def __init__(
         self,
@@ -420,6 +427,11 @@ class Subscriber(_Topic):
     ) -> None:
         self._h = None
         self._bufs: List[_RecvBuf] = []
+        # Messages recv() read ahead, oldest first: this subscriber's, in
+        # order, before anything the topic still holds for it.
+        self._ahead: Deque[bytes] = deque()
+        self._fill_lock = threading.Lock()
+        self._lens = ffi.new("uint64_t[]", READ_AHEAD)
         if start not in ("next", "oldest"):
             raise ValueError(f"'start' must be 'next' or 'oldest', not {start!r}")
         self._start = start
@@ -434,7 +446,7 @@ class Subscriber(_Topic):
     def pending(self) -> int:
         """Messages published for this subscriber and not yet read (those
         already overwritten excluded: they count as ``missed``)."""
-        return self._retry(lib.pyipc_topic_pending, self._handle())
+        return self._retry(lib.pyipc_topic_pending, self._handle()) + len(self._ahead)
 
     @property
     def missed(self) -> int:
@@ -444,30 +456,58 @@ class Subscriber(_Topic):
     def recv(self, block: bool = True, timeout: Optional[float] = None) -> bytes:
         """Receive the next message as ``bytes``.
 
-        Raises ``Empty`` (nothing in time), ``ShutDown`` (shut down and
-        drained), ``ValueError`` (closed handle, negative timeout),
-        ``CorruptedError``.
+        Takes up to ``READ_AHEAD`` messages that are already there in one
+        call into the core and returns them one by one (they count in
+        ``pending`` until returned).  Raises ``Empty`` (nothing in time),
+        ``ShutDown`` (shut down and drained), ``ValueError`` (closed
+        handle, negative timeout), ``CorruptedError``.
         """
+        ahead = self._ahead
+        if ahead:
+            try:
+                return ahead.popleft()
+            except IndexError:  # another thread took the last one
+                pass
+        return self._fill(block, timeout)
+
+    def _fill(self, block: bool, timeout: Optional[float]) -> bytes:
+        """recv() with nothing read ahead: take what is there (waiting for one)."""
         h = self._h
         if h is None:
             raise ValueError("operation on a closed Subscriber")
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
+        with self._fill_lock:
+            ahead = self._ahead
+            if ahead:
+                return ahead.popleft()
+            msgs = self._take(h, self._lens, READ_AHEAD, d)
+            if len(msgs) > 1:
+                ahead.extend(msgs)
+                return ahead.popleft()
+            return msgs[0]
+
+    def _take(self, h: Any, lens: Any, most: int, d: int) -> List[bytes]:
+        """Up to ``most`` messages from the core, waiting for the first until ``d``."""
         bufs = self._bufs
         rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
-        n = _c_recv(h, rbuf[0], rbuf[1], d, rbuf[2])
-        if n >= 0:
-            data: bytes = _unpack(rbuf[0], n)
-            bufs.append(rbuf)
-            return data
         try:
             while True:
-                if n >= 0:
-                    return _unpack(rbuf[0], n)  # type: ignore[no-any-return]
+                buf, size, need = rbuf
+                n = _c_recv_many(h, buf, size, lens, most, d, need)
+                if n == 1:
+                    return [_unpack(buf, lens[0])]
+                if n > 0:
+                    # One bytes object, then slices of it: far cheaper than
+                    # one cffi buffer slice per message.
+                    ends = list(accumulate(_unpack(lens, n)))
+                    blob = _unpack(buf, ends[-1])
+                    return [blob[a:b] for a, b in zip([0, *ends], ends)]
+                if n == _EINTR:
+                    continue
                 if n == _EMSGSIZE:
-                    rbuf = _new_recv_buf(_grown(rbuf[1], rbuf[2][0]))
-                elif n != _EINTR:
-                    raise self._error(n, _GET, rbuf[1])
-                n = _c_recv(h, rbuf[0], rbuf[1], d, rbuf[2])
+                    rbuf = _new_recv_buf(_grown(size, need[0]))
+                    continue
+                raise self._error(n, _GET, size)
         finally:
             bufs.append(rbuf)
 
@@ -485,6 +525,17 @@ class Subscriber(_Topic):
             raise TypeError(f"recv_into needs a writable contiguous bytes-like buffer: {e}") from None
         need = ffi.new("uint64_t *")
         size = len(buf)
+        if self._ahead:
+            with self._fill_lock:
+                if self._ahead:
+                    m = self._ahead[0]
+                    if len(m) > size:
+                        raise MessageTooLarge(
+                            f"a buffer of {size} bytes is too small for the next message ({len(m)} bytes)"
+                        )
+                    self._ahead.popleft()
+                    ffi.memmove(buf, m, len(m))
+                    return len(m)
         while True:
             n = _c_recv(h, buf, size, d, need)
             if n >= 0:
@@ -506,36 +557,30 @@ class Subscriber(_Topic):
         max_messages = min(max_messages, self._capacity // 16)
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
         lens = ffi.new("uint64_t[]", max_messages)
-        bufs = self._bufs
-        rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
-        try:
-            while True:
-                buf, size, need = rbuf
-                n = _c_recv_many(h, buf, size, lens, max_messages, d, need)
-                if n > 0:
-                    view = ffi.buffer(buf, size)
-                    out = []
-                    off = 0
-                    for i in range(n):
-                        end = off + lens[i]
-                        out.append(view[off:end])
-                        off = end
+        if self._ahead:
+            with self._fill_lock:
+                ahead = self._ahead
+                if ahead:
+                    out = [ahead.popleft() for _ in range(min(max_messages, len(ahead)))]
+                    if len(out) < max_messages:
+                        try:  # and those already there behind them
+                            out += self._take(h, lens, max_messages - len(out), NOWAIT)
+                        except (Empty, ShutDown):
+                            pass  # the next call raises ShutDown
                     return out
-                if n == _EINTR:
-                    continue
-                if n == _EMSGSIZE:
-                    rbuf = _new_recv_buf(_grown(size, need[0]))
-                    continue
-                raise self._error(n, _GET, size)
-        finally:
-            bufs.append(rbuf)
+        return self._take(h, lens, max_messages, d)
 
-    def view(self, block: bool = True, timeout: Optional[float] = None) -> View:
+    def view(self, block: bool = True, timeout: Optional[float] = None) -> Union[View, "_CopyView"]:
         """A context manager giving a read-only ``memoryview`` of the next
         message in place.  While the block runs the message is never
         overwritten (on either kind of topic), so publishers that come
-        round to it wait; same rules as ``RingBuffer.view``."""
+        round to it wait; same rules as ``RingBuffer.view``.  A message
+        that ``recv()`` already read ahead is given as a view of that copy."""
         self._handle()
+        if self._ahead:
+            with self._fill_lock:
+                if self._ahead:
+                    return _CopyView(self._ahead.popleft())
         return View(self, 0, block, timeout, lib.pyipc_topic_release)
 
     def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int, int]:
@@ -571,6 +616,7 @@ class Subscriber(_Topic):
 
     def close(self) -> None:
         self._bufs = []
+        self._ahead.clear()
         super().close()
 
     def __enter__(self) -> "Subscriber":
@@ -582,6 +628,28 @@ class Subscriber(_Topic):
     def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         # The receiving process attaches as a new subscriber.
         return (_attach_subscriber, (self.name, self._path, self._start))
+
+
+class _CopyView:
+    """``view()`` of a message recv() read ahead: a read-only view of that
+    private copy, released at exit.  Nothing else can write the copy, so
+    an array made over the view may outlive the block."""
+
+    __slots__ = ("_msg", "_view")
+
+    def __init__(self, msg: bytes) -> None:
+        self._msg = msg
+        self._view: Optional[memoryview] = None
+
+    def __enter__(self) -> memoryview:
+        self._view = memoryview(self._msg)
+        return self._view
+
+    def __exit__(self, *exc: object) -> None:
+        view, self._view = self._view, None
+        if view is None:
+            return
+        view.release()
 
 
 def attach_for_repair(name: Optional[str] = None, path: Any = None) -> Publisher:

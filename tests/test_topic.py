@@ -497,3 +497,39 @@ def test_topic_in_a_file(tmp_path):
         p.publish(b"again")
         assert s2.recv() == b"again"
         s2.close()
+
+
+def test_read_ahead_keeps_order_and_counts(topic):
+    """Messages recv() read ahead stay this subscriber's, in order, for every kind of receive, and count as pending."""
+    with Subscriber(topic.name) as s:
+        for i in range(6):
+            topic.publish(b"%d" % i)
+        assert s.recv() == b"0"
+        assert s.pending == 5 and topic.subscriber_info()[0]["lag"] == 0  # the rest read ahead
+        with pytest.raises(MessageTooLarge):
+            s.recv_into(bytearray(0))
+        buf = bytearray(8)
+        assert s.recv_into(buf) == 1 and buf[:1] == b"1"
+        with s.view() as v:
+            assert bytes(v) == b"2" and v.readonly
+        topic.publish(b"6")
+        assert s.recv_many(10) == [b"3", b"4", b"5", b"6"]
+        topic.publish(b"7")
+        assert s.recv() == b"7" and s.pending == 0
+        topic.publish(b"8")
+        s.close()
+        with pytest.raises(ValueError):
+            s.recv()
+
+
+def test_read_ahead_view_export_may_outlive_it(topic):
+    """A view of a message recv() read ahead is of a private copy: an array over it may outlive the block."""
+    np = pytest.importorskip("numpy")
+    with Subscriber(topic.name) as s:
+        topic.publish(b"a")
+        topic.publish(b"b")
+        assert s.recv() == b"a"
+        with s.view() as v:
+            held = np.frombuffer(v, dtype=np.uint8)
+        topic.publish(b"c" * 4000)  # the ring moves on; the copy does not
+        assert bytes(held) == b"b"

@@ -29,7 +29,7 @@ def topic(shm_name: Callable[[], str]):  # type: ignore[no-untyped-def]
             Subscriber(p.name) as a, Subscriber(p.name) as b:
         for _ in range(100):
             p.publish(b"x" * 50)
-        a.recv()
+        a.recv_into(bytearray(100))  # exactly one message (recv() would read ahead)
         yield p, a, b
 
 
