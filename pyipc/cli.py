@@ -370,7 +370,26 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench_topic(args: argparse.Namespace) -> int:
+    from .bench import topic as topic_bench
+
+    progress = None if args.quiet else (lambda s: print(f"pyipc bench --topic: {s}", file=sys.stderr))
+    names = None
+    if args.transports is not None:
+        names = [n.strip() for n in args.transports.split(",") if n.strip()]
+        unknown = [n for n in names if n not in topic_bench.CONTENDERS]
+        if unknown or not names:
+            raise _UsageError(f"unknown contender(s): {', '.join(unknown) or '(none given)'}; "
+                              f"known: {', '.join(topic_bench.CONTENDERS)}")
+    report = topic_bench.run_topic_bench(seconds=max(0.5, args.duration), repeat=args.repeat,
+                                         names=names, progress=progress)
+    print(topic_bench.format_topic_table(report))
+    return EXIT_OK
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.topic:
+        return _cmd_bench_topic(args)
     if args.list:
         for t in bench.TRANSPORTS.values():
             reason = t.unavailable()
@@ -456,6 +475,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png",
                    help="also draw a bar chart (log scale; needs matplotlib)")
     b.add_argument("--list", action="store_true", help="list the transports and exit")
+    b.add_argument("--topic", action="store_true",
+                   help="broadcast instead: one publisher, 1 and 4 subscriber processes, "
+                        "pyipc topics beside ZeroMQ XPUB/SUB, iceoryx2 and multiprocessing.Queue")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(func=_cmd_bench)
 

@@ -29,8 +29,10 @@ import importlib.util
 import itertools
 import multiprocessing as mp
 import os
+import queue
 import secrets
 import statistics
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -270,6 +272,7 @@ def _zmq_publisher(ctx: Dict[str, Any], size: int, mode: str) -> Tuple[Callable[
     p.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only the first of each topic
     p.bind(ctx["addr"])
     # The slow-joiner problem: wait for every subscription before sending.
+    p.setsockopt(zmq.RCVTIMEO, 20_000)
     for _ in range(ctx["nsubs"]):
         p.recv()
     if size >= 65536:
@@ -545,11 +548,20 @@ def run_cell(name: str, size: int, nsubs: int, seconds: float = 1.0,
         procs.append(fork.Process(target=_pub_main, args=(c, ctx, size, pub_cpu, barrier, out, seconds)))
         for p in procs:
             p.start()
-        barrier.wait(120)
+        try:
+            barrier.wait(120)
+        except threading.BrokenBarrierError:
+            return {"rate": 0.0, "ok": False, "error": "a process did not start"}
         t0 = time.monotonic()
-        results = [out.get(timeout=seconds * 20 + 120) for _ in procs]
+        results = []
+        for _ in procs:
+            try:
+                results.append(out.get(timeout=seconds * 20 + 30))
+            except queue.Empty:
+                results.append(("error", "a process did not finish in time", 0, 0.0))
+                break
         for p in procs:
-            p.join(60)
+            p.join(10)
     finally:
         for p in procs:
             if p.is_alive():
