@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -1396,8 +1397,13 @@ static int sub_sleep(struct pyipc_topic *t, int64_t deadline, int *spun)
 			if (atomic_load(&p->tail) != atomic_load(&s->read) || stop_waiting(t))
 				return 0;
 			cpu_relax();
-			if ((i & 63) == 63 && now_ns() - start > SPIN_NS)
-				break;
+			if ((i & 63) == 63) {
+				if (now_ns() - start > SPIN_NS)
+					break;
+				/* Subscribers often share a CPU: let one with work run
+				 * rather than spin through its turn. */
+				sched_yield();
+			}
 		}
 	}
 	/* An open reservation holds the tail; its holder may have died. */

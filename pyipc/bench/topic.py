@@ -326,6 +326,7 @@ def _iox2_subscriber(ctx: Dict[str, Any], size: int, mode: str) -> Callable[[], 
     sub = service.subscriber_builder().buffer_size(BATCH).create()
     receive = sub.receive
     string_at = ctypes.string_at
+    yield_cpu = os.sched_yield
 
     def run() -> Tuple[int, int]:
         if size >= 65536:
@@ -335,7 +336,8 @@ def _iox2_subscriber(ctx: Dict[str, Any], size: int, mode: str) -> Callable[[], 
             while True:
                 sample = receive()
                 if sample is None:
-                    continue  # iceoryx2's subscribers poll
+                    yield_cpu()  # iceoryx2's subscribers poll: let the others run
+                    continue
                 k = sample.header.number_of_elements
                 if k != size:
                     sample.delete()
@@ -353,6 +355,7 @@ def _iox2_subscriber(ctx: Dict[str, Any], size: int, mode: str) -> Callable[[], 
                     sample = receive()
                     if sample is not None:
                         break
+                    yield_cpu()
                 data = string_at(sample.payload_ptr, sample.header.number_of_elements)
                 sample.delete()
                 return data
