@@ -275,24 +275,36 @@ def _zmq_publisher(ctx: Dict[str, Any], size: int, mode: str) -> Tuple[Callable[
     p.setsockopt(zmq.RCVTIMEO, 20_000)
     for _ in range(ctx["nsubs"]):
         p.recv()
+    psend, poll, again, noblock, pollout = p.send, p.poll, zmq.Again, zmq.NOBLOCK, zmq.POLLOUT
+
+    def sendm(data: Any) -> None:
+        # XPUB_NODROP: a full subscriber makes the send fail with EAGAIN.  A
+        # blocking send can miss the wake-up when several subscribers are
+        # attached and hang for good, so send without blocking and poll
+        # (with a short timeout, for the same reason) until it goes.
+        while True:
+            try:
+                psend(data, noblock)
+                return
+            except again:
+                poll(1, pollout)
+
     if size >= 65536:
         np = _np()
         arr = np.zeros(size // 4, dtype=np.int32)
         k = itertools.count()
-        sendm = p.send
 
         def send() -> None:
             arr.fill(next(k))
             sendm(arr)
     else:
         msg = b"\x5a" * size
-        sendm = p.send
 
         def send() -> None:
             sendm(msg)
 
     def end() -> None:
-        p.send(b"")
+        sendm(b"")
         p.close(linger=-1)
         zc.term()
 
