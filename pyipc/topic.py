@@ -360,7 +360,7 @@ class Publisher(_Topic):
         while True:
             rc = lib.pyipc_topic_publish_many(h, base + offset, lens + sent, total - sent, d, done)
             offset += sum(sizes[sent : sent + done[0]])
-            sent += done[0]
+            sent += int(done[0])
             if rc == 0 or sent == total:
                 return sent
             if rc == _EINTR:

@@ -65,7 +65,7 @@ def _np() -> Any:
 
 
 # A loop ends at an empty message, or at one of `stop` (a topic's ShutDown).
-Stop = Tuple[type, ...]
+Stop = Tuple[type[BaseException], ...]
 
 
 def _loop_one(recv: Callable[[], Any], size: int, stop: Stop = ()) -> Tuple[int, int]:
@@ -640,7 +640,7 @@ def ceiling(kind: str, size: int, nsubs: int, seconds: float = 1.0) -> float:
     res = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(60)
-    return sum(r[0] for r in res) / (max(r[1] for r in res) - t0)
+    return float(sum(r[0] for r in res) / (max(r[1] for r in res) - t0))
 
 
 def overwrite_rate(nsubs: int, seconds: float = 1.0) -> float:
