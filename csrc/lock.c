@@ -37,7 +37,11 @@ int lock_take_slow(_Atomic uint32_t *word, const struct seg *s, int64_t deadline
 				return 0;
 			continue;
 		}
-		if (owner_liveness(s->fd, s->owner, v & ~LOCK_WAITERS) == OWNER_DEAD) {
+		/* No handle has id 0, and no lock operation leaves the waiter bit
+		 * alone in the word (lock_give clears all of it): a word that
+		 * names nobody was written over, and nobody holds it. */
+		if ((v & ~LOCK_WAITERS) == 0 ||
+		    owner_liveness(s->fd, s->owner, v & ~LOCK_WAITERS) == OWNER_DEAD) {
 			if (atomic_compare_exchange_strong_explicit(word, &v, s->owner | (v & LOCK_WAITERS),
 								    memory_order_acquire, memory_order_relaxed))
 				return LOCK_RECOVERED;

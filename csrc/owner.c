@@ -21,10 +21,10 @@
 
 #include "owner.h"
 
-static int byte_lock(int fd, uint32_t id)
+static int byte_lock(int fd, uint32_t id, short type)
 {
 	struct flock fl = {
-		.l_type = F_WRLCK,
+		.l_type = type,
 		.l_whence = SEEK_SET,
 		.l_start = OWNER_LOCK_BASE + id,
 		.l_len = 1,
@@ -44,7 +44,7 @@ int owner_claim(int fd, _Atomic uint32_t *counter, uint32_t *id)
 
 		if (v == 0 || v == OWNER_UNKNOWN)
 			continue;
-		rc = byte_lock(fd, v);
+		rc = byte_lock(fd, v, F_WRLCK);
 		if (rc == 0) {
 			*id = v;
 			return 0;
@@ -56,6 +56,12 @@ int owner_claim(int fd, _Atomic uint32_t *counter, uint32_t *id)
 		return rc;
 	*id = OWNER_UNKNOWN;
 	return 0;
+}
+
+void owner_release(int fd, uint32_t id)
+{
+	if (id != 0 && id < OWNER_UNKNOWN && fd >= 0)
+		byte_lock(fd, id, F_UNLCK);
 }
 
 enum liveness owner_liveness(int fd, uint32_t self, uint32_t id)

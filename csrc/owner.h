@@ -47,6 +47,9 @@ enum liveness { OWNER_ALIVE, OWNER_DEAD, OWNER_NO_EVIDENCE };
  * (OWNER_UNKNOWN if the filesystem keeps no locks), or -errno. */
 int owner_claim(int fd, _Atomic uint32_t *counter, uint32_t *id);
 
+/* Give up owner id `id`, claimed through fd. */
+void owner_release(int fd, uint32_t id);
+
 /* Is the holder of owner id `id` alive?  `fd` is the asking handle's own
  * descriptor and `self` its own id (a holder with our own id is another
  * thread of this handle: alive). */

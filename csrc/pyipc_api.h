@@ -16,5 +16,6 @@
 #include "ring_api.h"
 #include "topic_api.h"
 #include "channel_api.h"
+#include "waitset_api.h"
 
 #endif

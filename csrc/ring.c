@@ -66,6 +66,37 @@ void ring_lease_gone(struct pyipc_ring *r)
 		unmap_once(r);
 }
 
+/* Does a lock word or a lease of the ring name owner id `id`? */
+static int id_named(struct ring_hdr *h, uint32_t id)
+{
+	if ((atomic_load(&h->prod.lock) & ~LOCK_WAITERS) == id ||
+	    (atomic_load(&h->cons.lock) & ~LOCK_WAITERS) == id)
+		return 1;
+	for (int i = 0; i < PYIPC_MAX_LEASES; i++)
+		if (atomic_load(&h->reserves[i].owner) == id || atomic_load(&h->views[i].owner) == id)
+			return 1;
+	return 0;
+}
+
+/*
+ * A handle must not hold an id that a dead holder's lock or lease still
+ * names: that holder would look alive for as long as the handle lives, and
+ * its lock would never be taken over.  Ids come from a counter in the
+ * segment, which may have wrapped or been scribbled, so check, and claim
+ * another while the id is named (at most two locks and the leases can be).
+ * Async-signal-safe, for the forked child.
+ */
+static int claim_unnamed_id(struct pyipc_ring *r)
+{
+	for (int i = 0; i < 2 * PYIPC_MAX_LEASES + 3 && id_named(r->hdr, r->seg.owner); i++) {
+		int rc = seg_claim_again(&r->seg);
+
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /*
  * In a forked child: the threads that were inside calls on this handle did
  * not come along, and neither may the parent's file description (its lock
@@ -77,8 +108,11 @@ static void ring_after_fork(struct fork_hook *hook)
 
 	atomic_store(&r->users, 0);
 	atomic_store(&r->leases, 0);
-	if (!atomic_load(&r->unmapped))
+	if (!atomic_load(&r->unmapped)) {
 		seg_after_fork(&r->seg);
+		if (claim_unnamed_id(r))
+			r->seg.owner = OWNER_UNKNOWN;
+	}
 }
 
 static int handle_new(struct pyipc_ring **out)
@@ -88,15 +122,18 @@ static int handle_new(struct pyipc_ring **out)
 	if (!r)
 		return -ENOMEM;
 	r->seg.fd = -1;
+	r->seg.share_fd = -1;
 	r->fork.in_child = ring_after_fork;
 	*out = r;
 	return 0;
 }
 
-/* Copy the geometry into the handle and register for fork. */
+/* Copy the geometry into the handle, make sure of its owner id, and
+ * register for fork. */
 static int handle_map(struct pyipc_ring *r)
 {
 	struct ring_hdr *h = (struct ring_hdr *)r->seg.hdr;
+	int rc;
 
 	r->hdr = h;
 	r->data = r->seg.data;
@@ -106,7 +143,8 @@ static int handle_map(struct pyipc_ring *r)
 	r->cached_free = atomic_load(&h->cons.cursor);
 	r->cached_tail = atomic_load(&h->prod.cursor);
 	r->prod_epoch = r->cons_epoch = atomic_load(&h->seg.epoch);
-	return forksafe_add(&r->fork);
+	rc = claim_unnamed_id(r);
+	return rc ? rc : forksafe_add(&r->fork);
 }
 
 int pyipc_ring_create(const char *where, int flags, uint64_t capacity, uint64_t max_messages,
@@ -138,6 +176,79 @@ err_free:
 	return rc;
 }
 
+int pyipc_ring_create_anon(uint64_t capacity, uint64_t max_messages, pyipc_ring **out)
+{
+	struct pyipc_ring *r;
+	int rc = handle_new(&r);
+
+	if (rc)
+		return rc;
+	rc = seg_create_anon(&r->seg, capacity, sizeof(struct ring_hdr));
+	if (rc)
+		goto err_free;
+	r->max_messages = max_messages;
+	r->seg.hdr->max_msg = r->seg.cap - REC_HDR;
+	r->seg.hdr->max_messages = max_messages;
+	rc = handle_map(r);
+	if (rc) {
+		seg_detach(&r->seg);
+		goto err_free;
+	}
+	seg_publish(&r->seg, PYIPC_KIND_RING);
+	*out = r;
+	return 0;
+
+err_free:
+	free(r);
+	return rc;
+}
+
+/* Validate the ring-specific geometry of a just-attached segment. */
+static int ring_geometry(struct pyipc_ring *r, int flags)
+{
+	r->max_messages = r->seg.hdr->max_messages;
+	if (flags & PYIPC_SEG_REPAIR) {
+		if (r->max_messages > r->seg.cap / REC_HDR)
+			r->max_messages = 0; /* damaged: repair() writes 0 back */
+		return 0;
+	}
+	if (r->seg.hdr->max_msg != r->seg.cap - REC_HDR || r->max_messages > r->seg.cap / REC_HDR)
+		return -EBADMSG;
+	return 0;
+}
+
+int pyipc_ring_attach_fd(int fd, pyipc_ring **out)
+{
+	struct pyipc_ring *r;
+	int rc = handle_new(&r);
+
+	if (rc)
+		return rc;
+	rc = seg_attach_fd(&r->seg, fd, PYIPC_KIND_RING, sizeof(struct ring_hdr));
+	if (rc)
+		goto err_free;
+	rc = ring_geometry(r, 0);
+	if (!rc)
+		rc = handle_map(r);
+	if (rc) {
+		seg_detach(&r->seg);
+		goto err_free;
+	}
+	*out = r;
+	return 0;
+
+err_free:
+	free(r);
+	return rc;
+}
+
+int pyipc_ring_share_fd(const pyipc_ring *r)
+{
+	if (atomic_load(&r->closing))
+		return -EBADF;
+	return r->seg.share_fd >= 0 ? r->seg.share_fd : -ENOTSUP;
+}
+
 int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out)
 {
 	struct pyipc_ring *r;
@@ -149,15 +260,9 @@ int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out)
 	if (rc)
 		goto err_free;
 	/* The rest of the geometry; read once, like the shared part. */
-	r->max_messages = r->seg.hdr->max_messages;
-	if (flags & PYIPC_SEG_REPAIR) {
-		if (r->max_messages > r->seg.cap / REC_HDR)
-			r->max_messages = 0; /* damaged: repair() writes 0 back */
-	} else if (r->seg.hdr->max_msg != r->seg.cap - REC_HDR ||
-		   r->max_messages > r->seg.cap / REC_HDR) {
-		rc = -EBADMSG;
+	rc = ring_geometry(r, flags);
+	if (rc)
 		goto err_detach;
-	}
 	rc = handle_map(r);
 	if (rc)
 		goto err_detach;
@@ -570,6 +675,41 @@ int64_t pyipc_ring_get(pyipc_ring *r, void *buf, uint64_t cap, int64_t deadline,
 	return rc == 1 ? (int64_t)len : rc;
 }
 
+/*
+ * Pass the skip records at the consumers' end of the ring, so that the
+ * space of an aborted or dead reservation goes back to the producers even
+ * when no consumer comes by (one that does passes them anyway).  Called by
+ * whoever made the skip record, holding no lock: producers take the
+ * consumers' lock here, never both.  Returns 1 if space was freed.
+ */
+int ring_pass_skips(struct pyipc_ring *r, int64_t deadline)
+{
+	struct ring_hdr *h = r->hdr;
+	struct side *c = &h->cons;
+	uint64_t take, tail, pos, len;
+	int64_t size;
+	int rc;
+
+	rc = ring_lock(r, c, deadline);
+	if (rc)
+		return rc;
+	pos = take = atomic_load_explicit(&c->own, memory_order_relaxed);
+	tail = atomic_load_explicit(&h->prod.cursor, memory_order_acquire);
+	while (pos != tail && cursors_ok(r, take, tail)) {
+		size = parse_record(r, pos, tail - pos, &len);
+		if (size < 0 || len != SKIP_LEN)
+			break;
+		pos += (uint64_t)size;
+	}
+	if (pos != take)
+		commit_take(r, pos, 0, 0);
+	lock_give(&c->lock);
+	if (pos == take)
+		return 0;
+	wake_other(c);
+	return 1;
+}
+
 /* ---- waiting ---------------------------------------------------------- */
 
 enum want { WANT_DATA, WANT_ROOM, WANT_CONSUMED };
@@ -615,20 +755,20 @@ static int stop_waiting(struct pyipc_ring *r)
 }
 
 /*
- * A lease may be what we wait for (an open reservation holds `tail`, an
- * open view holds `free`).  If its holder died, end it now; either way,
- * poll for that every LEASE_CHECK_NS while leases are open, since a dead
- * holder wakes nobody.  Returns 1 if something was reaped, 0 if not, and
- * sets *poll; or a negative error from taking the lock.
+ * A lease may be what we wait for (an open reservation holds `tail` and
+ * its space, an open view holds `free`).  If its holder died, end it now;
+ * either way, poll for that every LEASE_CHECK_NS while leases are open,
+ * since a dead holder wakes nobody.  Looks at the views (views 1) or the
+ * reservations (0).  Returns 1 if something was reaped, 0 if not, and sets
+ * *poll; or a negative error from taking the lock.
  */
-static int reap_in_the_way(struct pyipc_ring *r, enum want w, int64_t deadline, int *poll)
+static int reap_in_the_way(struct pyipc_ring *r, int views, int64_t deadline, int *poll)
 {
 	struct ring_hdr *h = r->hdr;
-	struct side *s = w == WANT_DATA ? &h->prod : &h->cons;
-	struct lease *t = w == WANT_DATA ? h->reserves : h->views;
+	struct side *s = views ? &h->cons : &h->prod;
+	struct lease *t = views ? h->views : h->reserves;
 	int rc, n;
 
-	*poll = 0;
 	if (!atomic_load_explicit(&s->leases, memory_order_relaxed))
 		return 0;
 	*poll = 1;
@@ -637,10 +777,13 @@ static int reap_in_the_way(struct pyipc_ring *r, enum want w, int64_t deadline, 
 	rc = ring_lock(r, s, deadline);
 	if (rc)
 		return rc;
-	n = w == WANT_DATA ? ring_reap_reserves(r) : ring_reap_views(r);
+	n = views ? ring_reap_views(r) : ring_reap_reserves(r);
 	lock_give(&s->lock);
-	if (n > 0)
+	if (n > 0) {
 		wake_other(s);
+		if (!views)
+			ring_pass_skips(r, deadline); /* they are skip records now */
+	}
 	return n > 0;
 }
 
@@ -663,6 +806,7 @@ static int sleep_until_ready(struct pyipc_ring *r, enum want w, uint64_t need, i
 	int rc, poll = 0;
 	uint32_t v;
 
+
 	rc = slice_begin(deadline, &until);
 	if (rc)
 		return rc;
@@ -677,8 +821,12 @@ static int sleep_until_ready(struct pyipc_ring *r, enum want w, uint64_t need, i
 				break;
 		}
 	}
+	/* Consumers wait behind reservations; producers behind views, and
+	 * behind reservations for their space. */
 	if (w != WANT_CONSUMED) {
-		rc = reap_in_the_way(r, w, deadline, &poll);
+		rc = reap_in_the_way(r, 0, deadline, &poll);
+		if (!rc && w == WANT_ROOM)
+			rc = reap_in_the_way(r, 1, deadline, &poll);
 		if (rc)
 			return rc < 0 ? rc : 0;
 	}
@@ -766,12 +914,17 @@ int pyipc_ring_arm(pyipc_ring *r, int for_space, uint64_t need, uint32_t **word,
 	rc = 1;
 	if (ready(r, w, need) || stop_waiting(r))
 		goto out;
-	if (reap_in_the_way(r, w, NOWAIT, &poll) > 0)
+	poll = 0;
+	/* A deadline of now: the event loop's thread never waits for a lock. */
+	if (reap_in_the_way(r, 0, now_ns(), &poll) > 0 ||
+	    (for_space && reap_in_the_way(r, 1, now_ns(), &poll) > 0))
 		goto out;
 	*val = atomic_fetch_or(evt, 1u) | 1u;
 	atomic_thread_fence(memory_order_seq_cst);
 	if (ready(r, w, need) || stop_waiting(r))
 		goto out;
+	/* A sleep, for stats(), as in sleep_until_ready(). */
+	atomic_fetch_add_explicit(for_space ? &h->prod.waits : &h->cons.waits, 1, memory_order_relaxed);
 	*word = (uint32_t *)evt;
 	/* 2: armed, but a lease whose holder may die is in the way: a dead
 	 * holder wakes nobody, so arm again within LEASE_CHECK_NS. */

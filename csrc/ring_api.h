@@ -121,6 +121,15 @@ int pyipc_ring_create(const char *where, int flags, uint64_t capacity, uint64_t 
 		      uint32_t mode, pyipc_ring **out);
 /* Attach to an existing ring, validating everything in its header. */
 int pyipc_ring_attach(const char *where, int flags, pyipc_ring **out);
+/* Create a ring with no name (a memfd, sealed against resizing): other
+ * processes attach through a descriptor passed to them (SCM_RIGHTS), so it
+ * is never in /dev/shm and needs no permission to open. */
+int pyipc_ring_create_anon(uint64_t capacity, uint64_t max_messages, pyipc_ring **out);
+/* Attach through such a descriptor (the caller keeps its fd). */
+int pyipc_ring_attach_fd(int fd, pyipc_ring **out);
+/* The descriptor of a ring with no name, to pass on (borrowed: valid until
+ * the handle is closed); -ENOTSUP for a named ring. */
+int pyipc_ring_share_fd(const pyipc_ring *r);
 /* Unmap; waits for calls in other threads to leave; idempotent.  Leases
  * still open keep the mapping until they are released. */
 int pyipc_ring_close(pyipc_ring *r);
@@ -151,26 +160,37 @@ int64_t pyipc_ring_get(pyipc_ring *r, void *buf, uint64_t cap, int64_t deadline,
 int64_t pyipc_ring_get_many(pyipc_ring *r, void *buf, uint64_t cap, uint64_t *lens, uint64_t max,
 			    int64_t deadline, uint64_t *needed);
 
+/* A lease: where its message lies in the ring, and what names it. */
+struct pyipc_lease {
+	char *ptr;     /* the message's first byte */
+	uint64_t len;  /* its length */
+	uint64_t pos;  /* where its record starts */
+	uint32_t slot; /* its entry in the side's lease table */
+};
+
 /* Reserve a contiguous record for a message of len bytes, waiting for room
- * like put; *ptr is where to write it, (*slot, *pos) name the lease. */
-int pyipc_ring_reserve(pyipc_ring *r, uint64_t len, int64_t deadline, unsigned char **ptr,
-		       uint32_t *slot, uint64_t *pos);
-/* End a reservation of len bytes: publish its message (publish 1) or drop
- * it (0).  -ESTALE if the lease no longer exists. */
-int pyipc_ring_commit(pyipc_ring *r, uint32_t slot, uint64_t pos, uint64_t len, int publish);
-/* Take the oldest message in place, waiting like get: *ptr points at it
- * (read-only), (*slot, *pos) name the lease; returns its length. */
-int64_t pyipc_ring_view(pyipc_ring *r, int64_t deadline, const unsigned char **ptr,
-			uint32_t *slot, uint64_t *pos);
+ * like put; *out says where to write it. */
+int pyipc_ring_reserve(pyipc_ring *r, uint64_t len, int64_t deadline, struct pyipc_lease *out);
+/* End a reservation: publish its message (publish 1) or drop it (0).
+ * -ESTALE if the lease no longer exists (repair() dropped it). */
+int pyipc_ring_commit(pyipc_ring *r, const struct pyipc_lease *l, int publish);
+/* Take the oldest message in place, waiting like get; *out says where it
+ * is (read it, never write it); returns its length. */
+int64_t pyipc_ring_view(pyipc_ring *r, int64_t deadline, struct pyipc_lease *out);
 /* End a view: its space goes back to the producers. */
-int pyipc_ring_release(pyipc_ring *r, uint32_t slot, uint64_t pos);
+int pyipc_ring_release(pyipc_ring *r, const struct pyipc_lease *l);
 
 /* For waits owned by an event loop: 1 if a get (for_space 0), or a put of
  * a message of `need` bytes (for_space 1), would not block now, or the
  * ring is shut down.  Otherwise announce a sleeper on the event count the
  * other side bumps and return 0 with *word and *val set: sleep while
- * *word == *val (FUTEX_WAIT or futex_waitv, shared, not private).
- * -EBADF on a closed handle. */
+ * *word == *val (FUTEX_WAIT or futex_waitv, shared, not private).  2: the
+ * same, but a lease whose holder may die is in the way, and a dead holder
+ * wakes nobody: arm again within 10 ms.  A segment scribbled into a ready
+ * state moves no word either: callers also poll readiness now and then
+ * (pyipc_ring_wait with deadline 0), as the slices of the synchronous
+ * waits do.  *word points into the mapping: stop every use of it before
+ * pyipc_ring_close().  -EBADF on a closed handle. */
 int pyipc_ring_arm(pyipc_ring *r, int for_space, uint64_t need, uint32_t **word, uint32_t *val);
 /* Wait until a get (for_space 0) or a put of `need` bytes (for_space 1)
  * would not block, without taking or giving anything. */
@@ -187,7 +207,8 @@ int pyipc_ring_info(pyipc_ring *r, struct pyipc_ring_info *out);
 int64_t pyipc_ring_check(pyipc_ring *r);
 /* Make a ring that fails validation usable again: keep every record that
  * validates up to the first damaged one, drop the rest; returns how many
- * messages were dropped. */
+ * messages were dropped.  -EBUSY if a lock stays held for a second by a
+ * holder that lives (or whose liveness cannot be checked). */
 int64_t pyipc_ring_repair(pyipc_ring *r);
 /* memcpy, for Python: cffi releases the GIL around it, so a large copy into
  * a reservation does not stop the process's other threads. */

@@ -134,6 +134,7 @@ void ring_log(struct side *s, uint32_t op, uint32_t slot, uint64_t cursor, uint6
 	      uint64_t bytes);
 void ring_log_done(struct side *s);
 int ring_sleep(struct pyipc_ring *r, int for_space, uint64_t need, int64_t deadline, int *spun);
+int ring_pass_skips(struct pyipc_ring *r, int64_t deadline);
 void ring_lease_gone(struct pyipc_ring *r);
 
 /* ring_lease.c */

@@ -166,8 +166,7 @@ static int place(struct pyipc_ring *r, uint64_t len, uint32_t *slot, uint64_t *p
 	return 1;
 }
 
-int pyipc_ring_reserve(pyipc_ring *r, uint64_t len, int64_t deadline, unsigned char **ptr,
-		       uint32_t *slot, uint64_t *pos)
+int pyipc_ring_reserve(pyipc_ring *r, uint64_t len, int64_t deadline, struct pyipc_lease *out)
 {
 	struct ring_hdr *h;
 	int spun = 0, rc = ring_enter(r);
@@ -190,11 +189,12 @@ int pyipc_ring_reserve(pyipc_ring *r, uint64_t len, int64_t deadline, unsigned c
 		if (rc)
 			break;
 		ring_sync_epoch(r, 1);
-		rc = place(r, len, slot, pos);
+		rc = place(r, len, &out->slot, &out->pos);
 		lock_give(&h->prod.lock);
 		if (rc == 1) {
 			atomic_fetch_add(&r->leases, 1);
-			*ptr = r->data + (*pos & r->mask) + REC_HDR;
+			out->ptr = (char *)r->data + (out->pos & r->mask) + REC_HDR;
+			out->len = len;
 			rc = 0;
 			break;
 		}
@@ -215,11 +215,12 @@ int pyipc_ring_reserve(pyipc_ring *r, uint64_t len, int64_t deadline, unsigned c
 /* Leases end even on a handle being closed: it stays mapped for them.  The
  * lock wait is bounded (a slice), so -EINTR comes back to Python, which
  * runs its signal handlers and calls again. */
-int pyipc_ring_commit(pyipc_ring *r, uint32_t slot, uint64_t pos, uint64_t len, int publish)
+int pyipc_ring_commit(pyipc_ring *r, const struct pyipc_lease *l, int publish)
 {
 	struct side *p = &r->hdr->prod;
+	uint32_t slot = l->slot;
+	uint64_t pos = l->pos, len = l->len, before, after;
 	struct lease *e;
-	uint64_t before, after;
 	int rc;
 
 	if (slot >= PYIPC_MAX_LEASES || atomic_load(&r->unmapped))
@@ -246,6 +247,10 @@ int pyipc_ring_commit(pyipc_ring *r, uint32_t slot, uint64_t pos, uint64_t len, 
 	lock_give(&p->lock);
 	if (after != before)
 		wake_other(p);
+	/* An aborted reservation at the consumers' end is freed now, whether
+	 * or not a consumer comes by. */
+	if (!publish)
+		ring_pass_skips(r, now_ns() + SLICE_NS);
 	ring_lease_gone(r);
 	return 0;
 }
@@ -327,8 +332,7 @@ static int take_view(struct pyipc_ring *r, uint32_t *slot, uint64_t *pos, uint64
 	return rc;
 }
 
-int64_t pyipc_ring_view(pyipc_ring *r, int64_t deadline, const unsigned char **ptr,
-			uint32_t *slot, uint64_t *pos)
+int64_t pyipc_ring_view(pyipc_ring *r, int64_t deadline, struct pyipc_lease *out)
 {
 	struct ring_hdr *h;
 	int64_t rc = ring_enter(r);
@@ -349,13 +353,14 @@ int64_t pyipc_ring_view(pyipc_ring *r, int64_t deadline, const unsigned char **p
 		if (rc)
 			break;
 		ring_sync_epoch(r, 0);
-		rc = take_view(r, slot, pos, &len, &moved);
+		rc = take_view(r, &out->slot, &out->pos, &len, &moved);
 		lock_give(&h->cons.lock);
 		if (moved)
 			wake_other(&h->cons);
 		if (rc == 1) {
 			atomic_fetch_add(&r->leases, 1);
-			*ptr = r->data + (*pos & r->mask) + REC_HDR;
+			out->ptr = (char *)r->data + (out->pos & r->mask) + REC_HDR;
+			out->len = len;
 			rc = (int64_t)len;
 			break;
 		}
@@ -377,11 +382,12 @@ int64_t pyipc_ring_view(pyipc_ring *r, int64_t deadline, const unsigned char **p
 	return rc;
 }
 
-int pyipc_ring_release(pyipc_ring *r, uint32_t slot, uint64_t pos)
+int pyipc_ring_release(pyipc_ring *r, const struct pyipc_lease *l)
 {
 	struct side *c = &r->hdr->cons;
+	uint32_t slot = l->slot;
+	uint64_t pos = l->pos, before, after;
 	struct lease *e;
-	uint64_t before, after;
 	int rc;
 
 	if (slot >= PYIPC_MAX_LEASES || atomic_load(&r->unmapped))

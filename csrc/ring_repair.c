@@ -153,16 +153,24 @@ out:
 	return rc;
 }
 
-/* Take a lock for repair(): a dead holder's side is rebuilt below anyway. */
+#define REPAIR_WAIT_NS 1000000000ll /* for a lock a live holder keeps */
+
+/* Take a lock for repair(): a dead holder's side is rebuilt below anyway.
+ * A holder alive (or beyond checking) for a second makes it -EBUSY: repair
+ * never takes a lock from a holder that may live, and never hangs. */
 static int repair_lock(struct pyipc_ring *r, struct side *s)
 {
-	int rc = lock_take(&s->lock, &r->seg, FOREVER);
+	int64_t deadline = now_ns() + REPAIR_WAIT_NS;
+	int rc;
 
+	do
+		rc = lock_take(&s->lock, &r->seg, deadline);
+	while (rc == -EINTR && now_ns() < deadline);
 	if (rc == LOCK_RECOVERED) {
 		atomic_fetch_add(&r->hdr->seg.recoveries, 1);
 		rc = 0;
 	}
-	return rc;
+	return rc == -ETIMEDOUT || rc == -EINTR ? -EBUSY : rc;
 }
 
 int64_t pyipc_ring_repair(pyipc_ring *r)

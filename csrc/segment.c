@@ -27,7 +27,7 @@
 #define MAX_HDR_SIZE (1ull << 30)
 #define SHM_DIR "/dev/shm" /* where glibc's shm_open puts names */
 
-static int lock_description(struct seg *s);
+static int lock_description(struct seg *s, int keep_fd);
 
 /* The page size of the filesystem behind fd: its huge page on hugetlbfs. */
 static uint64_t page_size(int fd)
@@ -116,54 +116,64 @@ static int identify(struct seg *s)
 	return 0;
 }
 
+static void seg_reset(struct seg *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->fd = -1;
+	s->share_fd = -1;
+}
+
+/* Size, allocate and map a new segment on s->fd, then claim an owner id.
+ * On failure s->fd is still open (the caller undoes what it made). */
+static int make_on_fd(struct seg *s, uint64_t capacity, uint64_t hdr_min, int keep_fd)
+{
+	uint64_t page = page_size(s->fd), cap;
+	int rc;
+
+	for (cap = page; cap < capacity; cap <<= 1)
+		;
+	s->cap = cap;
+	s->hdr_size = (hdr_min + page - 1) & ~(page - 1);
+	if (ftruncate(s->fd, (off_t)(s->hdr_size + cap)))
+		return -errno;
+	/* Allocate the space now: on a full tmpfs (a container's small
+	 * /dev/shm) a page first touched later would kill with SIGBUS. */
+	rc = -posix_fallocate(s->fd, 0, (off_t)(s->hdr_size + cap));
+	if (rc && rc != -EOPNOTSUPP && rc != -EINVAL)
+		return rc;
+	rc = identify(s);
+	if (!rc)
+		rc = map_twice(s, page);
+	if (rc)
+		return rc;
+	s->hdr->hdr_size = s->hdr_size;
+	s->hdr->capacity = cap;
+	s->hdr->creator_pid = getpid();
+	atomic_store(&s->hdr->owner_seq, 1);
+	rc = lock_description(s, keep_fd);
+	if (rc)
+		munmap(s->map, s->map_len);
+	return rc;
+}
+
 int seg_create(struct seg *s, const char *where, int flags, uint64_t capacity, uint64_t hdr_min,
 	       uint32_t mode)
 {
-	uint64_t page, cap;
 	int rc;
 
-	memset(s, 0, sizeof(*s));
-	s->fd = -1;
+	seg_reset(s);
 	if (capacity > MAX_CAPACITY)
 		return -EINVAL;
 	rc = open_where(where, flags, O_RDWR | O_CREAT | O_EXCL, mode & 07777);
 	if (rc < 0)
 		return rc;
 	s->fd = rc;
-	page = page_size(s->fd);
-	for (cap = page; cap < capacity; cap <<= 1)
-		;
-	s->cap = cap;
-	s->hdr_size = (hdr_min + page - 1) & ~(page - 1);
 	/* open() applied the umask; the contract is "exactly mode". */
-	if (fchmod(s->fd, mode & 07777) || ftruncate(s->fd, (off_t)(s->hdr_size + cap))) {
-		rc = -errno;
-		goto err_unlink;
-	}
-	/* Allocate the space now: on a full tmpfs (a container's small
-	 * /dev/shm) a page first touched later would kill with SIGBUS. */
-	rc = -posix_fallocate(s->fd, 0, (off_t)(s->hdr_size + cap));
-	if (rc && rc != -EOPNOTSUPP && rc != -EINVAL)
-		goto err_unlink;
-	rc = remember_path(s, where, flags);
+	rc = fchmod(s->fd, mode & 07777) ? -errno : remember_path(s, where, flags);
 	if (!rc)
-		rc = identify(s);
+		rc = make_on_fd(s, capacity, hdr_min, 0);
 	if (!rc)
-		rc = map_twice(s, page);
-	if (rc)
-		goto err_unlink;
-	s->hdr->hdr_size = s->hdr_size;
-	s->hdr->capacity = cap;
-	s->hdr->creator_pid = getpid();
-	atomic_store(&s->hdr->owner_seq, 1);
-	rc = lock_description(s);
-	if (rc)
-		goto err_unmap;
-	return 0;
-
-err_unmap:
-	munmap(s->map, s->map_len);
-err_unlink:
+		return 0;
 	if (flags & PYIPC_SEG_PATH)
 		unlink(where);
 	else
@@ -171,8 +181,34 @@ err_unlink:
 	if (s->fd >= 0)
 		close(s->fd);
 	free(s->path);
-	memset(s, 0, sizeof(*s));
-	s->fd = -1;
+	seg_reset(s);
+	return rc;
+}
+
+int seg_create_anon(struct seg *s, uint64_t capacity, uint64_t hdr_min)
+{
+	int rc;
+
+	seg_reset(s);
+	if (capacity > MAX_CAPACITY)
+		return -EINVAL;
+	s->fd = memfd_create("pyipc-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (s->fd < 0)
+		return -errno;
+	rc = make_on_fd(s, capacity, hdr_min, 1);
+	/* Nobody can shrink it under the processes that map it (the SIGBUS a
+	 * truncated shared file causes), nor grow it. */
+	if (!rc && fcntl(s->share_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL))
+		rc = -errno;
+	if (!rc)
+		return 0;
+	if (s->map)
+		munmap(s->map, s->map_len);
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->share_fd >= 0)
+		close(s->share_fd);
+	seg_reset(s);
 	return rc;
 }
 
@@ -212,20 +248,14 @@ static int validate(struct seg *s, const struct seg_hdr *h, uint64_t size, uint6
 	return 0;
 }
 
-int seg_attach(struct seg *s, const char *where, int flags, uint32_t kind, uint64_t hdr_min)
+/* Validate and map the existing segment on s->fd, then claim an owner id. */
+static int join_on_fd(struct seg *s, uint32_t kind, uint64_t hdr_min, int flags, int keep_fd)
 {
+	uint64_t page = page_size(s->fd);
 	struct seg_hdr snap;
 	struct stat st;
-	uint64_t page;
 	int rc, tries;
 
-	memset(s, 0, sizeof(*s));
-	s->fd = -1;
-	rc = open_where(where, flags, O_RDWR, 0);
-	if (rc < 0)
-		return rc;
-	s->fd = rc;
-	page = page_size(s->fd);
 	/*
 	 * A creator sizes, maps and initialises the segment after making its
 	 * name; give one that is mid-way a moment (up to ~100 ms) to finish.
@@ -234,54 +264,77 @@ int seg_attach(struct seg *s, const char *where, int flags, uint32_t kind, uint6
 		unsigned char *first;
 		uint64_t magic;
 
-		if (fstat(s->fd, &st)) {
-			rc = -errno;
-			goto err;
-		}
-		rc = -EBADMSG;
+		if (fstat(s->fd, &st))
+			return -errno;
 		if ((uint64_t)st.st_size >= page) {
 			first = mmap(NULL, page, PROT_READ, MAP_SHARED, s->fd, 0);
-			if (first == MAP_FAILED) {
-				rc = -errno;
-				goto err;
-			}
+			if (first == MAP_FAILED)
+				return -errno;
 			magic = atomic_load_explicit((_Atomic uint64_t *)first, memory_order_acquire);
 			memcpy(&snap, first, sizeof(snap));
 			munmap(first, page);
 			if (magic == SEG_MAGIC)
 				break;
 			if (magic != 0)
-				goto err; /* something else lives here */
+				return -EBADMSG; /* something else lives here */
 		} else if (st.st_size != 0) {
-			goto err; /* no segment has this size */
+			return -EBADMSG; /* no segment has this size */
 		}
 		if (tries == 20)
-			goto err;
+			return -EBADMSG;
 		usleep(5000);
 	}
 	/* Copy the geometry out once; later reads of it could be scribbled. */
 	rc = validate(s, &snap, (uint64_t)st.st_size, page, kind, hdr_min, flags);
 	if (!rc)
-		rc = remember_path(s, where, flags);
-	if (!rc)
 		rc = identify(s);
 	if (!rc)
 		rc = map_twice(s, page);
 	if (rc)
-		goto err;
-	rc = lock_description(s);
-	if (rc) {
+		return rc;
+	rc = lock_description(s, keep_fd);
+	if (rc)
 		munmap(s->map, s->map_len);
-		goto err;
-	}
-	return 0;
+	return rc;
+}
 
-err:
+int seg_attach(struct seg *s, const char *where, int flags, uint32_t kind, uint64_t hdr_min)
+{
+	int rc;
+
+	seg_reset(s);
+	rc = open_where(where, flags, O_RDWR, 0);
+	if (rc < 0)
+		return rc;
+	s->fd = rc;
+	rc = remember_path(s, where, flags);
+	if (!rc)
+		rc = join_on_fd(s, kind, hdr_min, flags, 0);
+	if (!rc)
+		return 0;
 	if (s->fd >= 0)
 		close(s->fd);
 	free(s->path);
-	memset(s, 0, sizeof(*s));
-	s->fd = -1;
+	seg_reset(s);
+	return rc;
+}
+
+int seg_attach_fd(struct seg *s, int fd, uint32_t kind, uint64_t hdr_min)
+{
+	int rc;
+
+	seg_reset(s);
+	s->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (s->fd < 0)
+		return -errno;
+	rc = join_on_fd(s, kind, hdr_min, 0, 1);
+	if (!rc)
+		return 0;
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->share_fd >= 0)
+		close(s->share_fd);
+	seg_reset(s);
 	return rc;
 }
 
@@ -296,6 +349,10 @@ void seg_detach(struct seg *s)
 	if (s->fd >= 0) {
 		close(s->fd);
 		s->fd = -1;
+	}
+	if (s->share_fd >= 0) {
+		close(s->share_fd);
+		s->share_fd = -1;
 	}
 	free(s->path);
 	s->path = NULL;
@@ -352,23 +409,45 @@ static int reopen(const struct seg *s, int fd)
 
 /*
  * Move this handle's owner-id lock to a description of its own, replacing
- * s->fd, and claim an id on it.  The lock must never live on the
+ * s->fd, and claim an id on it; the old descriptor is closed, or kept as
+ * s->share_fd (keep_fd: a segment with no name, passed to other processes
+ * by descriptor).  The lock must never live on the
  * description the segment is mapped through: a mapping holds a reference
  * to its description, a forked child inherits the mapping, and so a lock on
  * it would outlive its dead owner for as long as any child of it lives.
  * A description that is never mapped is referenced only by descriptors,
  * which a forked child closes (seg_after_fork) and exec() closes.
  */
-static int lock_description(struct seg *s)
+static int lock_description(struct seg *s, int keep_fd)
 {
 	int fd = reopen(s, s->fd);
 
-	close(s->fd);
+	if (keep_fd)
+		s->share_fd = s->fd;
+	else
+		close(s->fd);
 	s->fd = fd;
 	s->owner = OWNER_UNKNOWN;
 	if (fd < 0)
 		return 0; /* no evidence for this handle: its locks are never taken over */
 	return owner_claim(fd, &s->hdr->owner_seq, &s->owner);
+}
+
+int seg_claim_again(struct seg *s)
+{
+	uint32_t old = s->owner;
+	int rc;
+
+	if (s->fd < 0 || old == OWNER_UNKNOWN)
+		return 0;
+	/* The new one first: our old byte stays ours until we have another. */
+	rc = owner_claim(s->fd, &s->hdr->owner_seq, &s->owner);
+	if (rc) {
+		s->owner = old;
+		return rc;
+	}
+	owner_release(s->fd, old);
+	return 0;
 }
 
 void seg_after_fork(struct seg *s)
@@ -377,9 +456,17 @@ void seg_after_fork(struct seg *s)
 		s->owner = OWNER_UNKNOWN;
 		return;
 	}
-	/* Our copy of the parent's descriptor would vouch for the parent. */
-	if (lock_description(s))
+	/* Our copy of the parent's descriptor would vouch for the parent.  (A
+	 * share_fd carries no lock: the child may keep its copy.) */
+	{
+		int fd = reopen(s, s->fd);
+
+		close(s->fd);
+		s->fd = fd;
 		s->owner = OWNER_UNKNOWN;
+		if (fd >= 0 && owner_claim(fd, &s->hdr->owner_seq, &s->owner))
+			s->owner = OWNER_UNKNOWN;
+	}
 }
 
 int pyipc_seg_unlink(const char *where, int flags)

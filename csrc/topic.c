@@ -263,6 +263,8 @@ static void lease_gone(struct pyipc_topic *t)
 		unmap_once(t);
 }
 
+static int claim_unnamed_id(struct pyipc_topic *t);
+
 /* In a forked child: the parent's threads, leases and file description
  * stay behind; a subscriber's slot is the parent's, so the child's copy
  * takes a slot of its own at its first call, where the parent was. */
@@ -277,8 +279,11 @@ static void after_fork(struct fork_hook *hook)
 	t->nviews = 0;
 	if (t->sub >= 0)
 		t->forked = 1;
-	if (!atomic_load(&t->unmapped))
+	if (!atomic_load(&t->unmapped)) {
 		seg_after_fork(&t->seg);
+		if (claim_unnamed_id(t))
+			t->seg.owner = OWNER_UNKNOWN;
+	}
 }
 
 static int handle_new(struct pyipc_topic **out)
@@ -288,6 +293,7 @@ static int handle_new(struct pyipc_topic **out)
 	if (!t)
 		return -ENOMEM;
 	t->seg.fd = -1;
+	t->seg.share_fd = -1;
 	t->sub = -1;
 	t->fork.in_child = after_fork;
 	pthread_mutex_init(&t->mu, NULL);
@@ -295,8 +301,39 @@ static int handle_new(struct pyipc_topic **out)
 	return 0;
 }
 
+/* Does the segment name owner id `id` anywhere (the lock, a reservation,
+ * a subscriber slot)? */
+static int id_named(struct pyipc_topic *t, uint32_t id)
+{
+	if ((atomic_load(&t->hdr->pub.lock) & ~LOCK_WAITERS) == id)
+		return 1;
+	for (int i = 0; i < PYIPC_MAX_LEASES; i++)
+		if (atomic_load(&t->hdr->reserves[i].owner) == id)
+			return 1;
+	for (uint32_t i = 0; i < t->max_subs; i++)
+		if (atomic_load(&t->slots[i].owner) == id)
+			return 1;
+	return 0;
+}
+
+/* As the ring does (ring.c, claim_unnamed_id): never hold an id that a dead
+ * holder's lock, reservation or slot still names, or that holder would look
+ * alive for as long as this handle lives.  Async-signal-safe. */
+static int claim_unnamed_id(struct pyipc_topic *t)
+{
+	for (uint32_t i = 0; i < t->max_subs + PYIPC_MAX_LEASES + 2 && id_named(t, t->seg.owner); i++) {
+		int rc = seg_claim_again(&t->seg);
+
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 static int handle_map(struct pyipc_topic *t)
 {
+	int rc;
+
 	t->hdr = (struct topic_hdr *)t->seg.hdr;
 	t->slots = t->hdr->slots;
 	t->data = t->seg.data;
@@ -304,7 +341,8 @@ static int handle_map(struct pyipc_topic *t)
 	t->mask = t->cap - 1;
 	t->max_msg = t->cap - TREC_HDR;
 	t->pub_epoch = t->sub_epoch = atomic_load(&t->hdr->seg.epoch);
-	return forksafe_add(&t->fork);
+	rc = claim_unnamed_id(t);
+	return rc ? rc : forksafe_add(&t->fork);
 }
 
 int pyipc_topic_create(const char *where, int flags, uint64_t capacity, uint32_t max_subscribers,
@@ -1048,9 +1086,10 @@ static int place(struct pyipc_topic *t, uint64_t len, uint32_t *slot, uint64_t *
 	return 1;
 }
 
-int pyipc_topic_reserve(pyipc_topic *t, uint64_t len, int64_t deadline, unsigned char **ptr,
-			uint32_t *slot, uint64_t *pos)
+int pyipc_topic_reserve(pyipc_topic *t, uint64_t len, int64_t deadline, struct pyipc_lease *out)
 {
+	uint32_t *slot = &out->slot;
+	uint64_t *pos = &out->pos;
 	struct blocker b;
 	int spun = 0, rc = enter(t);
 
@@ -1074,7 +1113,8 @@ int pyipc_topic_reserve(pyipc_topic *t, uint64_t len, int64_t deadline, unsigned
 		pub_unlock(t);
 		if (rc == 1) {
 			atomic_fetch_add(&t->leases, 1);
-			*ptr = at(t, *pos) + TREC_HDR;
+			out->ptr = (char *)at(t, *pos) + TREC_HDR;
+			out->len = len;
 			rc = 0;
 			break;
 		}
@@ -1093,8 +1133,10 @@ int pyipc_topic_reserve(pyipc_topic *t, uint64_t len, int64_t deadline, unsigned
 }
 
 /* Leases end even on a handle being closed: it stays mapped for them. */
-int pyipc_topic_commit(pyipc_topic *t, uint32_t slot, uint64_t pos, uint64_t len, int publish)
+int pyipc_topic_commit(pyipc_topic *t, const struct pyipc_lease *l, int publish)
 {
+	uint32_t slot = l->slot;
+	uint64_t pos = l->pos, len = l->len;
 	struct topic_pub *p = &t->hdr->pub;
 	struct lease *e;
 	uint64_t before_tail;
@@ -1561,9 +1603,10 @@ static int take_view(struct pyipc_topic *t, uint32_t *vi, uint64_t *vpos, uint64
 	return got;
 }
 
-int64_t pyipc_topic_view(pyipc_topic *t, int64_t deadline, const unsigned char **ptr,
-			 uint32_t *slot, uint64_t *pos)
+int64_t pyipc_topic_view(pyipc_topic *t, int64_t deadline, struct pyipc_lease *out)
 {
+	uint32_t *slot = &out->slot;
+	uint64_t *pos = &out->pos;
 	int64_t rc = enter(t);
 	int spun = 0;
 
@@ -1584,7 +1627,8 @@ int64_t pyipc_topic_view(pyipc_topic *t, int64_t deadline, const unsigned char *
 		pthread_mutex_unlock(&t->mu);
 		if (rc == 1) {
 			atomic_fetch_add(&t->leases, 1);
-			*ptr = at(t, *pos) + TREC_HDR;
+			out->ptr = (char *)at(t, *pos) + TREC_HDR;
+			out->len = len;
 			rc = (int64_t)len;
 			break;
 		}
@@ -1606,8 +1650,10 @@ int64_t pyipc_topic_view(pyipc_topic *t, int64_t deadline, const unsigned char *
 	return rc;
 }
 
-int pyipc_topic_release(pyipc_topic *t, uint32_t vi, uint64_t pos)
+int pyipc_topic_release(pyipc_topic *t, const struct pyipc_lease *l)
 {
+	uint32_t vi = l->slot;
+	uint64_t pos = l->pos;
 	struct topic_slot *s;
 	uint64_t low;
 

@@ -91,12 +91,11 @@ int pyipc_topic_overflow(const pyipc_topic *t);
 int pyipc_topic_publish(pyipc_topic *t, const void *data, size_t len, int64_t deadline);
 int pyipc_topic_publish_many(pyipc_topic *t, const void *data, const uint64_t *lens, size_t n,
 			     int64_t deadline, size_t *done);
-/* Reserve a record for a message of len bytes; *ptr is where to write it,
- * (*slot, *pos) name the lease.  Commit publishes it (publish 1) or drops
- * it (0). */
-int pyipc_topic_reserve(pyipc_topic *t, uint64_t len, int64_t deadline, unsigned char **ptr,
-			uint32_t *slot, uint64_t *pos);
-int pyipc_topic_commit(pyipc_topic *t, uint32_t slot, uint64_t pos, uint64_t len, int publish);
+/* Reserve a record for a message of len bytes; *out says where to write
+ * it (struct pyipc_lease of ring_api.h).  Commit publishes it (publish 1)
+ * or drops it (0); -ESTALE if the lease no longer exists. */
+int pyipc_topic_reserve(pyipc_topic *t, uint64_t len, int64_t deadline, struct pyipc_lease *out);
+int pyipc_topic_commit(pyipc_topic *t, const struct pyipc_lease *l, int publish);
 
 /* Subscribers: receive the next message into buf; returns its length.
  * -EMSGSIZE if it does not fit (it stays next), its length in *needed. */
@@ -106,12 +105,11 @@ int64_t pyipc_topic_recv(pyipc_topic *t, void *buf, uint64_t cap, int64_t deadli
  * into buf, lengths in lens; returns how many. */
 int64_t pyipc_topic_recv_many(pyipc_topic *t, void *buf, uint64_t cap, uint64_t *lens,
 			      uint64_t max, int64_t deadline, uint64_t *needed);
-/* Take the next message in place: *ptr points at it (read-only) until
- * pyipc_topic_release(t, *slot, *pos); returns its length.  While the view
- * is open its record is never overwritten. */
-int64_t pyipc_topic_view(pyipc_topic *t, int64_t deadline, const unsigned char **ptr,
-			 uint32_t *slot, uint64_t *pos);
-int pyipc_topic_release(pyipc_topic *t, uint32_t slot, uint64_t pos);
+/* Take the next message in place: *out says where it is (read it, never
+ * write it) until pyipc_topic_release(t, out); returns its length.  While
+ * the view is open its record is never overwritten. */
+int64_t pyipc_topic_view(pyipc_topic *t, int64_t deadline, struct pyipc_lease *out);
+int pyipc_topic_release(pyipc_topic *t, const struct pyipc_lease *l);
 
 /* For waits owned by an event loop, with pyipc_ring_arm's contract: 1 if a
  * receive (for_space 0, subscribers) or a publish of `need` bytes

@@ -6,11 +6,13 @@ stays free for other tasks while it waits) and answers each on the client's
 reply queue with ``put_async``.
 
 How the coroutines wake: ``get_async`` first tries a non-blocking get on the
-loop's thread; when the queue is empty it waits in a worker thread of the
-loop's default executor, asleep on the ring's futex (no CPU while idle, at
-most 100 ms per wait so that cancellation and shutdown are noticed), and
-tries again when a producer's put wakes it.  Cancelling the coroutine never
-loses a message: messages are only taken on the loop's thread.
+loop's thread; when the queue is empty it looks again for up to 50 us and
+then registers the ring's futex word with the loop's waitset, where a helper
+thread of this process sleeps in ``futex_waitv`` on it (with up to 126 other
+words) and wakes the loop through an eventfd when a producer's put moves it.
+No thread per waiter, nothing in the loop's executor, no CPU while idle.
+Cancelling the coroutine never loses a message: messages are only taken on
+the loop's thread.
 
     python examples/asyncio_service.py
 """

@@ -22,7 +22,8 @@ reservation is then dropped, never published).
 
 The same leases serve every kind of segment: the owner passes the C
 functions that end its leases (a ring's by default, a topic's for
-``Publisher.reserve`` and ``Subscriber.view``).
+``Publisher.reserve`` and ``Subscriber.view``), which take the same
+``struct pyipc_lease``.
 """
 from __future__ import annotations
 
@@ -36,35 +37,41 @@ __all__ = ["Reservation", "View"]
 
 _c_commit = lib.pyipc_ring_commit
 _c_release = lib.pyipc_ring_release
+_gc = ffi.gc
+_buffer = ffi.buffer
+
+# Which process a lease belongs to, without a getpid() system call per
+# lease: bumped in every forked child.
+_generation = [0]
+os.register_at_fork(after_in_child=lambda: _generation.__setitem__(0, _generation[0] + 1))
 
 
 class _Token:
     """Ends one lease in C, exactly once, in the process that took it."""
 
-    __slots__ = ("h", "slot", "pos", "size", "publish", "done", "rc", "pid", "fn")
+    __slots__ = ("h", "lease", "publish", "done", "rc", "gen", "fn")
 
-    def __init__(self, h: Any, slot: int, pos: int, size: int, publish: Optional[bool], fn: Any) -> None:
+    def __init__(self, h: Any, lease: Any, publish: Optional[bool], fn: Any = None) -> None:
         self.h = h  # the segment's C handle: kept alive (and mapped) by us
-        self.slot = slot
-        self.pos = pos
-        self.size = size
+        self.lease = lease  # struct pyipc_lease *
         self.publish = publish  # None: a view; True/False: a reservation
         self.done = False
         self.rc = 0
-        self.pid = os.getpid()
-        self.fn = fn  # release(h, slot, pos) for a view, commit(h, slot, pos, size, publish)
+        self.gen = _generation[0]
+        # release(h, lease) for a view, commit(h, lease, publish) for a reservation
+        self.fn = fn if fn is not None else (_c_release if publish is None else _c_commit)
 
     def end(self, _ptr: Any = None) -> None:
         if self.done:
             return
         self.done = True
-        if os.getpid() != self.pid:
+        if self.gen != _generation[0]:
             return  # a forked child's copy: the lease is the parent's
         while True:
             if self.publish is None:
-                rc = self.fn(self.h, self.slot, self.pos)
+                rc = self.fn(self.h, self.lease)
             else:
-                rc = self.fn(self.h, self.slot, self.pos, self.size, 1 if self.publish else 0)
+                rc = self.fn(self.h, self.lease, 1 if self.publish else 0)
             if rc != RC_EINTR:
                 break
         self.rc = rc
@@ -75,16 +82,18 @@ class _Lease:
 
     def __init__(self, ring: Any, size: int, block: bool, timeout: Optional[float], fn: Any = None) -> None:
         self._ring = ring  # whatever made the lease: a RingBuffer, Publisher or Subscriber
-        self._fn = fn
+        self._fn = fn  # the C function that ends it (None: the ring's)
         self._size = size
         self._block = block
         self._timeout = timeout
         self._view: Optional[memoryview] = None
         self._token: Optional[_Token] = None
 
-    def _wrap(self, ptr: Any, token: _Token, readonly: bool) -> memoryview:
-        owner = ffi.gc(ptr, token.end)
-        view = memoryview(ffi.buffer(owner, token.size))
+    def _wrap(self, token: _Token, readonly: bool) -> memoryview:
+        lease = token.lease
+        # The destructor lives on the pointer the buffer keeps: see the
+        # module docstring.
+        view = memoryview(_buffer(_gc(lease.ptr, token.end), lease.len))
         if readonly:
             writable, view = view, view.toreadonly()
             writable.release()
@@ -127,9 +136,8 @@ class Reservation(_Lease):
     __slots__ = ()
 
     def __enter__(self) -> memoryview:
-        h, ptr, slot, pos = self._ring._reserve_raw(self._size, self._block, self._timeout)
-        fn = _c_commit if self._fn is None else self._fn
-        return self._wrap(ptr, _Token(h, slot, pos, self._size, True, fn), readonly=False)
+        h, lease = self._ring._reserve_raw(self._size, self._block, self._timeout)
+        return self._wrap(_Token(h, lease, True, self._fn), readonly=False)
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None and self._token is not None:
@@ -148,10 +156,8 @@ class View(_Lease):
     __slots__ = ()
 
     def __enter__(self) -> memoryview:
-        h, ptr, slot, pos, size = self._ring._view_raw(self._block, self._timeout)
-        fn = _c_release if self._fn is None else self._fn
-        return self._wrap(ptr, _Token(h, slot, pos, size, None, fn), readonly=True)
+        h, lease = self._ring._view_raw(self._block, self._timeout)
+        return self._wrap(_Token(h, lease, None, self._fn), readonly=True)
 
     def __exit__(self, *_: Any) -> None:
         self._finish()
-

@@ -20,8 +20,10 @@ import struct
 from multiprocessing.util import Finalize
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
+from . import _reactor
 from ._core import ffi, lib
-from ._util import FOREVER, deadline
+from ._util import FOREVER, NOWAIT as _NOWAIT, deadline
+from .errors import Empty, Full
 from .ring import _PUT, RingBuffer, _new_recv_buf
 
 __all__ = ["Queue"]
@@ -410,7 +412,7 @@ class Queue:
         rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
         h = self._h
         n = _c_get(h, rbuf[0], rbuf[1], d, rbuf[2])
-        if n >= 0 and self._framed:
+        if 0 <= n < _OOB_MIN and self._framed:
             # The common case, straight-line: only plain pickles are this
             # small (see _OOB_MIN), and pickle.loads copies whatever it
             # builds out of its input, so it reads the pooled buffer in place.
@@ -421,9 +423,13 @@ class Queue:
         return self._ring._get_slow(h, d, rbuf, n, self._decode, self._get_large)
 
     def _decode_pooled(self, rbuf: Any, n: int) -> Any:
-        # A small message in the ring's pooled buffer: only plain pickles
-        # are this small (see _OOB_MIN), and pickle.loads copies whatever it
-        # builds out of its input, so it reads the buffer in place.
+        # A message in the ring's pooled buffer.  Only plain pickles are
+        # smaller than _OOB_MIN, and pickle.loads copies whatever it builds
+        # out of its input, so it reads the buffer in place.  A pooled
+        # buffer the ring's get_many grew may hold a framed one: that gets
+        # a copy of its own, which the objects it holds may keep viewing.
+        if n >= _OOB_MIN and _is_framed(rbuf[3]):
+            return _decode(bytearray(rbuf[3][:n]))
         return _pickle_loads(rbuf[3][:n])
 
     def _decode_custom(self, rbuf: Any, n: int) -> Any:
@@ -485,29 +491,83 @@ class Queue:
         return [loads(m) for m in self._ring.get_many(max_messages, block, timeout)]
 
     # -- asyncio ------------------------------------------------------------
+    #
+    # As on RingBuffer: try without waiting on the loop's thread, and while
+    # that raises Empty/Full, wait for the ring's futex word through the
+    # loop's waitset (pyipc/_reactor.py).  Objects are pickled before any
+    # wait and unpickled after the take, both on the loop's thread.
 
     async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
-        """Put ``obj`` without blocking the event loop (``RingBuffer.put_async``).
+        """Put ``obj`` without blocking the event loop.
 
         The object is pickled at once, in the caller; the coroutine then
-        waits for room the way ``RingBuffer.put_async`` does.  Cancelling it
-        before it returns leaves nothing queued.  Raises ``Full`` when
-        ``timeout`` expires, plus everything ``put`` raises.
+        waits for room.  Cancelling it before it returns leaves nothing
+        queued.  Raises ``Full`` when ``timeout`` expires, plus everything
+        ``put`` raises (``ValueError`` if the queue is or gets closed).
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed")
-        await self._ring.put_async((self._dumps or _encode)(obj), timeout=timeout)
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        data = (self._dumps or _encode)(obj)
+        if type(data) is not bytes:
+            data = _from_buffer(data)  # TypeError if it is not bytes-like
+        size = len(data)
+        ring = self._ring
+
+        def attempt() -> None:
+            h = self._h
+            if h is None:
+                raise ValueError(f"{self!r} is closed")
+            rc = _c_put(h, data, size, _NOWAIT, _NULL)
+            if rc:
+                ring._again(rc, _c_put, h, data, size, _NOWAIT, _NULL, op=_PUT, size=size)
+
+        try:
+            return attempt()  # room at once: the common case, without the retry loop
+        except Full:
+            pass
+        await _reactor.retry(ring, True, size, d, attempt)
 
     async def get_async(self, timeout: Optional[float] = None) -> Any:
-        """Get an object without blocking the event loop (``RingBuffer.get_async``).
+        """Get an object without blocking the event loop.
 
         Cancelling the coroutine takes nothing off the queue.  Raises
-        ``Empty`` when ``timeout`` expires, plus everything ``get`` raises.
+        ``Empty`` when ``timeout`` expires, plus everything ``get`` raises
+        (``ValueError`` if the queue is or gets closed).
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed")
-        data = await self._ring.get_async(timeout=timeout)
-        return _decode(data) if self._framed else self._loads(data)
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        try:
+            return self.get(False)
+        except Empty:
+            pass
+        return await _reactor.retry(self._ring, False, 0, d, self.get_nowait)
+
+    async def get_many_async(self, max_messages: int, timeout: Optional[float] = None) -> list[Any]:
+        """Wait for one object without blocking the loop, then return up to
+        ``max_messages`` without waiting for more (``get_many``).
+
+        Cancelling it takes nothing.  Raises ``Empty`` when ``timeout``
+        expires, plus everything ``get_many`` raises.
+        """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        if max_messages < 1:
+            raise ValueError("'max_messages' must be >= 1")
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        return await _reactor.retry(self._ring, False, 0, d, lambda: self.get_many(max_messages, False))
+
+    async def put_many_async(self, objs: Iterable[Any], timeout: Optional[float] = None) -> int:
+        """Put several objects in order without blocking the loop, as
+        ``RingBuffer.put_many_async``: every object is pickled first; returns
+        how many were put (all, unless ``timeout`` expired first); if
+        cancelled, those put before stay queued (a prefix, each once).
+        """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        dumps = self._dumps or _encode
+        return await self._ring.put_many_async([dumps(obj) for obj in objs], timeout)
 
     # -- state --------------------------------------------------------------
 

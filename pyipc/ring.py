@@ -11,15 +11,15 @@ slice or maps a C code to an exception goes through ``_retry`` and
 """
 from __future__ import annotations
 
-import asyncio
+import errno
 import operator
 import os
 import secrets
-import time
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
+from . import _reactor
 from ._core import ffi, lib
-from ._util import FOREVER, deadline, shm_name
+from ._util import FOREVER, NOWAIT as _NOWAIT, deadline, shm_name
 from .errors import CorruptedError, Empty, Full, IPCError, MessageTooLarge, ShutDown, error_from
 from .errors import (
     RC_EINTR as _EINTR,
@@ -38,6 +38,7 @@ DEFAULT_CAPACITY = 1 << 20
 MAX_CAPACITY = 1 << 32
 _FIRST_BUFFER = 64 * 1024  # receive buffers start here and grow on demand
 _JOIN_MAX = 256 * 1024  # put_many joins batches up to this many bytes
+_ANON = -1  # the _flags of a ring with no name
 _RC_ENOSPC = -28
 _RC_ESTALE = -116
 
@@ -46,6 +47,13 @@ _c_put = lib.pyipc_ring_put
 _c_get = lib.pyipc_ring_get
 _c_get_many = lib.pyipc_ring_get_many
 _c_copy = lib.pyipc_copy
+_c_reserve = lib.pyipc_ring_reserve
+_c_view = lib.pyipc_ring_view
+_LEASE = ffi.typeof("struct pyipc_lease *")
+
+
+def _new_lease() -> Any:
+    return ffi.new(_LEASE)
 _from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 _NULL = ffi.NULL
@@ -172,6 +180,7 @@ class RingBuffer:
         "_max_message_size",
         "_max_messages",
         "_bufs",
+        "_aio",
         "__weakref__",
     )
 
@@ -202,6 +211,40 @@ class RingBuffer:
                 raise ValueError("'name' or 'path' is required to attach to an existing ring")
             self._attach(name, path, 0)
 
+    @classmethod
+    def _anonymous(cls, capacity: Optional[int] = None, max_messages: int = 0) -> "RingBuffer":
+        """A ring with no name (a sealed memfd): never in ``/dev/shm``, and
+        other processes attach only through its descriptor, passed to them
+        over a UNIX socket (``_share_fd``, ``_from_fd``), which needs no
+        permission on any file.  For ``pyipc.rpc``."""
+        cap = DEFAULT_CAPACITY if capacity is None else _int_arg(capacity, "capacity", 1, MAX_CAPACITY)
+        max_messages = _int_arg(max_messages, "max_messages", 0, MAX_CAPACITY // 8)
+        ring = cls.__new__(cls)
+        ring._h = None
+        ring._bufs = []
+        out = ffi.new("pyipc_ring **")
+        ring._adopt(lib.pyipc_ring_create_anon(cap, max_messages, out), out, b"", _ANON, "<anonymous>")
+        return ring
+
+    @classmethod
+    def _from_fd(cls, fd: int) -> "RingBuffer":
+        """Attach to a ring with no name through a descriptor another
+        process passed us (the caller keeps ``fd``)."""
+        ring = cls.__new__(cls)
+        ring._h = None
+        ring._bufs = []
+        out = ffi.new("pyipc_ring **")
+        rc = lib.pyipc_ring_attach_fd(operator.index(fd), out)
+        if rc == _EBADMSG:
+            raise CorruptedError(f"descriptor {fd} is not a pyipc ring")
+        ring._adopt(rc, out, b"", _ANON, "<anonymous>")
+        return ring
+
+    def _share_fd(self) -> int:
+        """The descriptor of a ring with no name, to pass to another process
+        (borrowed: valid while this handle is open)."""
+        return self._retry(lib.pyipc_ring_share_fd, self._handle())
+
     def _attach(self, name: Optional[str], path: Any, extra_flags: int) -> None:
         where, flags, shown = _where(name, path)
         out = ffi.new("pyipc_ring **")
@@ -215,10 +258,13 @@ class RingBuffer:
                 raise corrupted(where, flags, shown)
             raise error_from(rc, shown)
         self._h = ffi.gc(out[0], lib.pyipc_ring_free)
+        # The asyncio waits on this handle's words (a _reactor.WaitGuard),
+        # made by the first one.
+        self._aio: Any = None
         self._name = shown
         self._where = where
         self._flags = flags
-        self._path = shown if flags else None
+        self._path = shown if flags != _ANON and flags & lib.PYIPC_SEG_PATH else None
         self._capacity = int(lib.pyipc_ring_capacity(self._h))
         self._max_message_size = int(lib.pyipc_ring_max_message_size(self._h))
         self._max_messages = int(lib.pyipc_ring_max_messages(self._h))
@@ -227,8 +273,9 @@ class RingBuffer:
 
     @property
     def name(self) -> Optional[str]:
-        """The segment's name, without the leading ``/`` (``None`` for a ring in a file)."""
-        return None if self._path is not None else self._name
+        """The segment's name, without the leading ``/`` (``None`` for a ring
+        in a file, or one with no name)."""
+        return None if self._path is not None or self._flags == _ANON else self._name
 
     @property
     def path(self) -> Optional[str]:
@@ -415,24 +462,25 @@ class RingBuffer:
         self._handle()
         return Reservation(self, size, block, timeout)
 
-    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int]:
-        """Reserve ``size`` bytes: (C handle, char * to write at, slot, position)."""
+    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any]:
+        """Reserve ``size`` bytes: (C handle, ``struct pyipc_lease *``)."""
         h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        ptr = ffi.new("unsigned char **")
-        slot = ffi.new("uint32_t *")
-        pos = ffi.new("uint64_t *")
-        self._retry(lib.pyipc_ring_reserve, h, size, d, ptr, slot, pos, op=_PUT, size=size)
-        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0])
+        lease = _new_lease()
+        rc = _c_reserve(h, size, d, lease)
+        if rc:
+            self._again(rc, _c_reserve, h, size, d, lease, op=_PUT, size=size)
+        return h, lease
 
     def _put_gather(self, parts: Sequence[Any], block: bool, timeout: Optional[float]) -> None:
         """Put one message made of several bytes-like parts, copying each
         straight into a reservation (no joined copy).  For Queue."""
         bufs = [_bytes_like(p) for p in parts]
         total = sum(len(b) for b in bufs)
-        h, ptr, slot, pos = self._reserve_raw(total, block, timeout)
+        h, lease = self._reserve_raw(total, block, timeout)
         publish = 0
         try:
+            ptr = lease.ptr
             off = 0
             for b in bufs:
                 n = len(b)
@@ -440,7 +488,7 @@ class RingBuffer:
                 off += n
             publish = 1
         finally:
-            while lib.pyipc_ring_commit(h, slot, pos, total, publish) == _EINTR:
+            while lib.pyipc_ring_commit(h, lease, publish) == _EINTR:
                 pass
 
     # ---- consuming -------------------------------------------------------
@@ -589,50 +637,113 @@ class RingBuffer:
         self._handle()
         return View(self, 0, block, timeout)
 
-    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int, int]:
-        """Take the oldest message as a lease: (C handle, char *, slot, position, length)."""
+    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any]:
+        """Take the oldest message as a lease: (C handle, ``struct pyipc_lease *``)."""
         h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        ptr = ffi.new("unsigned char **")
-        slot = ffi.new("uint32_t *")
-        pos = ffi.new("uint64_t *")
-        n = self._retry(lib.pyipc_ring_view, h, d, ptr, slot, pos, op=_GET)
-        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0]), n
+        lease = _new_lease()
+        rc = _c_view(h, d, lease)
+        if rc < 0:
+            self._again(rc, _c_view, h, d, lease, op=_GET)
+        return h, lease
 
     # ---- asyncio ---------------------------------------------------------
+    #
+    # Each coroutine tries the non-blocking call on the loop's thread and,
+    # while it raises Empty/Full, waits for the ring's futex word through the
+    # loop's waitset (pyipc/_reactor.py): no thread per waiter, never the
+    # loop's executor.  A message is only ever taken by that non-blocking
+    # call, between two awaits, so cancelling a coroutine loses nothing.
 
     async def get_async(self, timeout: Optional[float] = None) -> bytes:
         """Coroutine form of ``get``: waits without blocking the event loop.
 
-        The message itself is taken with ``get_nowait`` on the loop's
-        thread, so cancelling the coroutine never loses a message.
+        Cancelling it takes nothing off the ring.  Raises ``Empty`` when the
+        timeout expires, and what ``get`` raises (``ShutDown``,
+        ``ValueError`` if this handle is or gets closed, ``CorruptedError``).
         """
-        return await self._async_op(False, 0, timeout, self.get_nowait)  # type: ignore[no-any-return]
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        h = self._h
+        if h is not None:
+            # The common case, a message already there, without the retry
+            # loop's coroutine: get()'s fast path, with NOWAIT.
+            bufs = self._bufs
+            rbuf = bufs.pop() if bufs else _new_recv_buf(_FIRST_BUFFER)
+            n = _c_get(h, rbuf[0], rbuf[1], _NOWAIT, rbuf[2])
+            if n >= 0:
+                data: bytes = _unpack(rbuf[0], n)
+                bufs.append(rbuf)
+                return data
+            bufs.append(rbuf)
+        return await _reactor.retry(self, False, 0, d, self.get_nowait)
 
     async def put_async(self, data: Any, timeout: Optional[float] = None) -> None:
         """Coroutine form of ``put``: waits for room without blocking the loop.
 
-        Cancelling it before it returns leaves nothing queued.  Raises as
-        ``put`` (``Full`` when the timeout expires).
+        Cancelling it before it returns leaves nothing queued.  Raises
+        ``Full`` when the timeout expires, and what ``put`` raises.
         """
-        size = len(_bytes_like(data))
-        if size > self._max_message_size:
-            raise MessageTooLarge(f"{size} bytes is more than max_message_size ({self._max_message_size})")
-        await self._async_op(True, size, timeout, lambda: self.put(data, False))
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        buf = _bytes_like(data)
+        size = len(buf)
+        h = self._h
+        if h is not None and _c_put(h, buf, size, _NOWAIT, _NULL) == 0:
+            return  # room at once: the common case, without the retry loop
 
-    async def _async_op(self, for_space: bool, size: int, timeout: Optional[float], attempt: Any) -> Any:
+        def attempt() -> None:
+            h = self._h
+            if h is None:
+                raise _closed()
+            rc = _c_put(h, buf, size, _NOWAIT, _NULL)
+            while rc == _EINTR:
+                rc = _c_put(h, buf, size, _NOWAIT, _NULL)
+            if rc:
+                raise self._error(rc, _PUT, size)
+
+        await _reactor.retry(self, True, size, d, attempt)
+
+    async def get_many_async(self, max_messages: int, timeout: Optional[float] = None) -> List[bytes]:
+        """Coroutine form of ``get_many``: wait for at least one message, then
+        return up to ``max_messages`` without waiting for more.
+
+        Cancelling it takes nothing.  Raises ``Empty`` when the timeout
+        expires, and what ``get_many`` raises.
+        """
+        max_messages = operator.index(max_messages)
+        if max_messages < 1:
+            raise ValueError("'max_messages' must be >= 1")
+        return await _reactor.retry(
+            self, False, 0, deadline(True, timeout), lambda: self.get_many(max_messages, False)
+        )
+
+    async def put_many_async(self, items: Iterable[Any], timeout: Optional[float] = None) -> int:
+        """Coroutine form of ``put_many``: enqueue the messages in order, as
+        many per lock round trip as fit, waiting for room between batches.
+
+        Returns how many were enqueued: all, unless the timeout expired
+        first (as ``put_many``, it then returns the count, it does not raise
+        ``Full``).  If the coroutine is cancelled, the messages enqueued
+        before that stay queued and the others are not: always a prefix of
+        ``items``, each message once.  Raises what ``put_many`` raises.
+        """
+        if not isinstance(items, (list, tuple)):
+            items = list(items)
+        sizes = [len(x) if type(x) is bytes else memoryview(x).nbytes for x in items]
         d = deadline(True, timeout)
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                return attempt()
-            except (Empty, Full):
-                if d != FOREVER and time.monotonic_ns() >= d:
-                    raise
-            h = self._handle()
-            rc = await loop.run_in_executor(None, lib.pyipc_ring_wait, h, for_space, size, d)
-            if rc < 0 and rc not in (_EINTR, _ETIMEDOUT, _EAGAIN):
-                raise self._error(rc)
+        total = len(items)
+        queued = 0
+
+        def attempt() -> None:
+            nonlocal queued
+            queued += self.put_many(items[queued:] if queued else items, False)
+            if queued < total:
+                raise Full("no room in the ring")
+
+        try:
+            await _reactor.retry(self, True, lambda: sizes[queued], d, attempt)
+        except Full:
+            pass  # the timeout: return how many went in
+        return queued
 
     # ---- state -----------------------------------------------------------
 
@@ -674,9 +785,20 @@ class RingBuffer:
     def check(self) -> int:
         """Walk and validate every queued record; return how many there are.
 
-        Read-only.  Raises ``CorruptedError`` if anything fails validation.
+        Read-only.  Raises ``CorruptedError`` if anything fails validation,
+        ``TimeoutError`` if the consumers' lock stays held (by a live process
+        in a long copy, or because its word was written over).
         """
-        return self._retry(lib.pyipc_ring_check, self._handle())
+        h = self._handle()
+        rc = lib.pyipc_ring_check(h)
+        while rc == _EINTR:
+            rc = lib.pyipc_ring_check(h)
+        if rc == _ETIMEDOUT:
+            raise TimeoutError(
+                f"ring {self._name!r}: the consumers' lock stayed held (by a live process, or its "
+                "word was written over), so check() could not walk the records"
+            )
+        return self._again(rc, lib.pyipc_ring_check, h)
 
     def repair(self) -> int:
         """Make a ring that fails validation usable again; return how many
@@ -685,9 +807,18 @@ class RingBuffer:
         Keeps every record that validates, in order, up to the first damaged
         one and drops the rest; puts right a damaged shutdown word, lease
         tables and the shared copy of the geometry.  Afterwards every handle,
-        old and new, works again.  Never done implicitly.
+        old and new, works again.  Never done implicitly.  Raises
+        ``OSError(EBUSY)``, changing nothing, if a lock stays held for a
+        second by a holder that lives (or whose liveness cannot be checked).
         """
-        return self._retry(lib.pyipc_ring_repair, self._handle())
+        rc = lib.pyipc_ring_repair(self._handle())
+        if rc == -errno.EBUSY:
+            raise OSError(
+                errno.EBUSY,
+                f"ring {self._name!r}: a lock stays held by a live holder (or one whose liveness "
+                "cannot be checked); nothing was repaired",
+            )
+        return self._again(rc, lib.pyipc_ring_repair, self._handle())
 
     def flush(self) -> None:
         """Write the ring's memory back to its file (``msync``): for a ring
@@ -706,6 +837,11 @@ class RingBuffer:
             return
         self._h = None
         self._bufs = []
+        # Before the unmap: take this handle's words out of every event
+        # loop's waitset, and wake those coroutines (they raise ValueError).
+        guard = self._aio
+        if guard is not None:
+            guard.close()
         lib.pyipc_ring_close(h)
 
     def unlink(self) -> None:
@@ -713,6 +849,8 @@ class RingBuffer:
 
         Raises ``FileNotFoundError`` if the name is already gone.
         """
+        if self._flags == _ANON:
+            raise ValueError("a ring with no name has nothing to unlink")
         rc = lib.pyipc_seg_unlink(self._where, self._flags)
         if rc < 0:
             raise error_from(rc, self._name)
@@ -725,6 +863,8 @@ class RingBuffer:
 
     def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         # Pickles by name (or path): the receiving process attaches anew.
+        if self._flags == _ANON:
+            raise TypeError("a ring with no name cannot be pickled: pass its descriptor instead")
         return (_attach, (self.name, self._path))
 
 

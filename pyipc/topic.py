@@ -9,7 +9,6 @@ exceptions, the way ``ring.py`` does for rings.
 """
 from __future__ import annotations
 
-import asyncio
 import operator
 import os
 import secrets
@@ -19,6 +18,7 @@ from collections import deque
 from itertools import accumulate
 from typing import Any, Callable, Deque, Iterable, List, Optional, Tuple, Union
 
+from . import _reactor
 from ._core import ffi, lib
 from ._util import FOREVER, NOWAIT, deadline
 from .errors import CorruptedError, Empty, Full, IPCError, MessageTooLarge, ShutDown, error_from
@@ -32,7 +32,7 @@ from .errors import (
     RC_EBADMSG as _EBADMSG,
 )
 from .lease import Reservation, View
-from .ring import DEFAULT_CAPACITY, MAX_CAPACITY, _bytes_like, _grown, _int_arg, _where, corrupted
+from .ring import DEFAULT_CAPACITY, MAX_CAPACITY, _bytes_like, _grown, _int_arg, _new_lease, _where, corrupted
 
 __all__ = ["Publisher", "Subscriber", "OVERFLOW_POLICIES"]
 
@@ -380,14 +380,13 @@ class Publisher(_Topic):
         self._handle()
         return Reservation(self, size, block, timeout, lib.pyipc_topic_commit)
 
-    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int]:
+    def _reserve_raw(self, size: int, block: bool, timeout: Optional[float]) -> Tuple[Any, Any]:
+        """Reserve ``size`` bytes: (C handle, ``struct pyipc_lease *``)."""
         h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        ptr = ffi.new("unsigned char **")
-        slot = ffi.new("uint32_t *")
-        pos = ffi.new("uint64_t *")
-        self._retry(lib.pyipc_topic_reserve, h, size, d, ptr, slot, pos, op=_PUT, size=size)
-        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0])
+        lease = _new_lease()
+        self._retry(lib.pyipc_topic_reserve, h, size, d, lease, op=_PUT, size=size)
+        return h, lease
 
     def shutdown(self) -> None:
         """Shut the topic down for every handle: publishes raise
@@ -416,7 +415,11 @@ class Subscriber(_Topic):
     ``fork``) becomes a new subscriber there.
     """
 
-    __slots__ = ("_bufs", "_start", "_ahead", "_fill_lock", "_lens")
+    __slots__ = ("_bufs", "_start", "_ahead", "_fill_lock", "_lens", "_aio")
+
+    # For the event-loop waits of pyipc/_reactor.py: the ring's contract.
+    _c_arm = lib.pyipc_topic_arm
+    _c_wait = lib.pyipc_topic_wait
 
     def __init__(
         self,
@@ -427,6 +430,7 @@ class Subscriber(_Topic):
     ) -> None:
         self._h = None
         self._bufs: List[_RecvBuf] = []
+        self._aio: Any = None  # the asyncio waits on this handle (a _reactor.WaitGuard)
         # Messages recv() read ahead, oldest first: this subscriber's, in
         # order, before anything the topic still holds for it.
         self._ahead: Deque[bytes] = deque()
@@ -583,40 +587,45 @@ class Subscriber(_Topic):
                     return _CopyView(self._ahead.popleft())
         return View(self, 0, block, timeout, lib.pyipc_topic_release)
 
-    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any, int, int, int]:
+    def _view_raw(self, block: bool, timeout: Optional[float]) -> Tuple[Any, Any]:
+        """Take the next message as a lease: (C handle, ``struct pyipc_lease *``)."""
         h = self._handle()
         d = FOREVER if (block and timeout is None) else deadline(block, timeout)
-        ptr = ffi.new("unsigned char **")
-        slot = ffi.new("uint32_t *")
-        pos = ffi.new("uint64_t *")
-        n = self._retry(lib.pyipc_topic_view, h, d, ptr, slot, pos)
-        return h, ffi.cast("char *", ptr[0]), int(slot[0]), int(pos[0]), n
+        lease = _new_lease()
+        self._retry(lib.pyipc_topic_view, h, d, lease)
+        return h, lease
 
     async def recv_async(self, timeout: Optional[float] = None) -> bytes:
         """Coroutine form of ``recv``: waits without blocking the event loop.
 
-        The message is taken with a non-blocking ``recv`` on the loop's
-        thread, so cancelling the coroutine never loses (or repeats) one;
-        the wait runs in the loop's default executor, a futex sleep of at
-        most one 100 ms slice at a time (no CPU while idle).  Raises
-        ``Empty`` when the timeout expires, and what ``recv`` raises.
+        Messages are only ever taken by a non-blocking ``recv`` on the
+        loop's thread, between two awaits, so cancelling the coroutine
+        never loses (or repeats) one.  The wait is the one ``RingBuffer``'s
+        coroutines use (``pyipc/_reactor.py``): the loop's helper threads
+        sleep on the topic's futex word, no thread per waiter and never the
+        loop's executor.  Raises ``Empty`` when the timeout expires, and
+        what ``recv`` raises.
         """
-        d = deadline(True, timeout)
-        loop = asyncio.get_running_loop()
-        while True:
+        d = FOREVER if timeout is None else deadline(True, timeout)
+        ahead = self._ahead
+        if ahead:
             try:
-                return self.recv(False)
-            except Empty:
-                if d != FOREVER and time.monotonic_ns() >= d:
-                    raise Empty("no message in time") from None
-            h = self._handle()
-            rc = await loop.run_in_executor(None, lib.pyipc_topic_wait, h, 0, 0, d)
-            if rc < 0 and rc not in (_EINTR, _ETIMEDOUT, _EAGAIN):
-                raise self._error(rc)
+                return ahead.popleft()
+            except IndexError:
+                pass
+        return await _reactor.retry(self, False, 0, d, self._recv_nowait)
+
+    def _recv_nowait(self) -> bytes:
+        return self.recv(False)
 
     def close(self) -> None:
         self._bufs = []
         self._ahead.clear()
+        # Before the unmap: take this handle's words out of every event
+        # loop's waitset and wake those coroutines (they raise ValueError).
+        guard = self._aio
+        if guard is not None:
+            guard.close()
         super().close()
 
     def __enter__(self) -> "Subscriber":

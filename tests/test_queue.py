@@ -447,6 +447,31 @@ def test_large_objects_through_get_many_and_async(shm_name: NameFactory) -> None
         assert (b == a).all() and b.flags.writeable
 
 
+@pytest.mark.timeout(60)
+def test_large_array_is_copied_once_each_way(shm_name: NameFactory) -> None:
+    """A 16 MiB array is written straight into the ring by put (no joined
+    copy) and read out into one buffer the receiver owns by get: neither
+    side allocates a second copy's worth of memory."""
+    import tracemalloc
+
+    np = pytest.importorskip("numpy")
+    size = 16 << 20
+    a = np.arange(size // 8, dtype=np.float64)
+    with Queue(name=shm_name(), capacity=32 << 20) as qq:
+        tracemalloc.start()
+        try:
+            qq.put(a)
+            _, put_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            b = qq.get()
+            _, get_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert put_peak < size // 4, put_peak  # no copy on the producer's side
+        assert size <= get_peak < size + size // 4, get_peak  # exactly the one it keeps
+        assert (b == a).all() and b.flags.writeable
+
+
 def test_large_object_over_max_message_size(shm_name: NameFactory) -> None:
     """A framed object larger than the ring can hold raises MessageTooLarge."""
     with Queue(name=shm_name(), capacity=64 * 1024) as qq:
@@ -560,3 +585,18 @@ def test_async_wait_for_cancels_cleanly(q: Queue) -> None:
         assert await asyncio.wait_for(q.get_async(), 5) == 5
 
     asyncio.run(main())
+
+
+def test_closed_queue_full_raises(shm_name: NameFactory) -> None:
+    """full() on a closed Queue raises ValueError like every other method, bounded or not."""
+    for maxsize in (0, 3):
+        q = Queue(maxsize, name=shm_name())
+        q.close()
+        with pytest.raises(ValueError):
+            q.full()
+
+
+def test_huge_maxsize_is_a_value_error(shm_name: NameFactory) -> None:
+    """A maxsize no ring can hold is a ValueError, not an OverflowError."""
+    with pytest.raises(ValueError):
+        Queue(2**64, name=shm_name())

@@ -295,3 +295,24 @@ def test_ctrl_c_interrupts_a_blocked_call_and_cleans_up(call: str) -> None:
             proc.wait()
     assert "KeyboardInterrupt" in err
     assert not shm_exists(name)
+
+
+@pytest.mark.timeout(90)
+def test_creator_that_skips_its_exit_handlers_leaves_the_segment() -> None:
+    """A creator that ends with os._exit() outside multiprocessing leaves its
+    queue's segment (as the README says), for `pyipc rm` to remove."""
+    proc = _run_script(
+        """
+        import os, pyipc
+        q = pyipc.Queue()
+        print(q.name, flush=True)
+        os._exit(0)
+        """
+    )
+    name = proc.stdout.strip()
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert shm_exists(name)
+    finally:
+        if name and shm_exists(name):
+            os.unlink(f"/dev/shm/{name}")

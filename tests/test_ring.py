@@ -328,6 +328,14 @@ def test_shutdown_immediate_discards(ring):
         ring.put_many([b"x"])
 
 
+def wait_until(pred, timeout=10.0):
+    """Poll pred() until it holds (the synchronisation, not a delay)."""
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "gave up waiting"
+        time.sleep(0.001)
+
+
 def test_shutdown_wakes_blocked_get(ring):
     """A blocked get wakes with ShutDown when the ring is shut down."""
     errors = []
@@ -340,7 +348,7 @@ def test_shutdown_wakes_blocked_get(ring):
 
     t = threading.Thread(target=consumer)
     t.start()
-    time.sleep(0.2)
+    wait_until(lambda: ring.stats()["get_waits"] >= 1)  # asleep in get
     ring.shutdown()
     t.join(5)
     assert not t.is_alive()
@@ -352,13 +360,14 @@ def test_wait_consumed(ring):
     got = []
 
     def consumer():
-        time.sleep(0.2)
+        # Take it only once the producer waits for that (its sleep counts).
+        wait_until(lambda: ring.stats()["put_waits"] >= 1)
         got.append(ring.get(timeout=5))
 
     t = threading.Thread(target=consumer)
     t.start()
     ring.put(b"sync", wait_consumed=True, timeout=5)
-    assert got == [b"sync"] or ring.stats()["gets"] == 1
+    assert ring.stats()["gets"] == 1
     t.join(5)
     assert got == [b"sync"]
 
@@ -372,7 +381,12 @@ def test_wait_consumed_timeout_leaves_it_queued(ring):
 
 def test_wait_consumed_shutdown(ring):
     """A wait_consumed put blocked on its consumer raises ShutDown at shutdown."""
-    threading.Timer(0.2, ring.shutdown).start()
+
+    def shut_once_waiting():
+        wait_until(lambda: ring.stats()["put_waits"] >= 1)
+        ring.shutdown()
+
+    threading.Thread(target=shut_once_waiting).start()
     with pytest.raises(ShutDown):
         ring.put(b"m", wait_consumed=True, timeout=5)
 
@@ -409,7 +423,7 @@ def test_close_wakes_blocked_thread(ring):
 
     t = threading.Thread(target=consumer)
     t.start()
-    time.sleep(0.2)
+    wait_until(lambda: ring.stats()["get_waits"] >= 1)  # asleep in get
     ring.close()
     t.join(5)
     assert not t.is_alive()
@@ -512,3 +526,48 @@ def test_put_many_large_items_one_by_one(shm_name):
         with pytest.raises(TypeError):
             r.put_many([b"x" * 300_000, "not bytes"])
         assert r.empty()  # nothing was queued before the TypeError
+
+
+@pytest.mark.timeout(30)
+def test_repair_refuses_a_lock_that_may_be_held(shm_name):
+    """repair() never takes a lock from a holder that may live: OSError(EBUSY), nothing changed."""
+    import errno
+    import mmap
+    import struct
+
+    from pyipc._core import lib
+
+    with RingBuffer(shm_name(), create=True) as ring:
+        ring.put(b"kept")
+        with open(f"/dev/shm/{ring.name}", "r+b") as f:
+            seg = mmap.mmap(f.fileno(), 4096)
+        try:
+            struct.pack_into("<I", seg, lib.PYIPC_OFF_PROD_LOCK, lib.PYIPC_OWNER_UNKNOWN)
+            with pytest.raises(OSError) as info:
+                ring.repair()
+            assert info.value.errno == errno.EBUSY
+            struct.pack_into("<I", seg, lib.PYIPC_OFF_PROD_LOCK, 0)
+        finally:
+            seg.close()
+        assert ring.get_nowait() == b"kept"
+
+
+def test_get_many_sizes_its_work_by_the_ring(ring):
+    """get_many with an absurd max_messages neither reserves memory for it nor fails: a ring holds at most capacity/8 messages."""
+    ring.put_many([b"a", b"b"])
+    assert ring.get_many(2**31, block=False) == [b"a", b"b"]
+    ring.put(b"c")
+    assert ring.get_many(2**32 + 1, block=False) == [b"c"]
+    with pytest.raises(ValueError):
+        ring.get_many(0)
+
+
+def test_out_of_range_integers_are_value_errors(shm_name):
+    """Integers out of range are ValueError, as the rest of the API, never OverflowError."""
+    for kw in ({"max_messages": 10**100}, {"capacity": 2**64}, {"mode": 2**40}, {"mode": -1}, {"capacity": 0}):
+        with pytest.raises(ValueError):
+            RingBuffer(shm_name(), create=True, **kw)
+    with RingBuffer(shm_name(), create=True) as r:
+        with pytest.raises(ValueError):
+            with r.reserve(2**64):
+                pass

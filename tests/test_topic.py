@@ -533,3 +533,34 @@ def test_read_ahead_view_export_may_outlive_it(topic):
             held = np.frombuffer(v, dtype=np.uint8)
         topic.publish(b"c" * 4000)  # the ring moves on; the copy does not
         assert bytes(held) == b"b"
+
+
+def test_recv_async_waits_without_the_executor(topic):
+    """recv_async waits through the loop's waitset: it never submits to the loop's default executor."""
+    import concurrent.futures
+
+    class NoExecutor(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise AssertionError("recv_async used the default executor")
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(NoExecutor())
+        with Subscriber(topic.name) as s:
+            loop.call_later(0.05, topic.publish, b"woken")
+            return await s.recv_async(timeout=5)
+
+    assert asyncio.run(main()) == b"woken"
+
+
+def test_close_wakes_recv_async(topic):
+    """Closing a subscriber wakes a coroutine waiting in recv_async, which raises ValueError."""
+    async def main() -> None:
+        s = Subscriber(topic.name)
+        task = asyncio.ensure_future(s.recv_async())
+        await asyncio.sleep(0.05)
+        s.close()
+        with pytest.raises(ValueError):
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -306,13 +307,11 @@ static void test_close(void)
 	CHECK_EQ(pyipc_ring_wait(r, 0, 0, NOWAIT), -EBADF);
 	CHECK_EQ(pyipc_ring_wait_consumed(r, 0, NOWAIT), -EBADF);
 	{
-		unsigned char *wp;
-		const unsigned char *rp;
-		uint32_t slot, *word, val;
-		uint64_t pos;
+		struct pyipc_lease l;
+		uint32_t *word, val;
 
-		CHECK_EQ(pyipc_ring_reserve(r, 8, NOWAIT, &wp, &slot, &pos), -EBADF);
-		CHECK_EQ(pyipc_ring_view(r, NOWAIT, &rp, &slot, &pos), -EBADF);
+		CHECK_EQ(pyipc_ring_reserve(r, 8, NOWAIT, &l), -EBADF);
+		CHECK_EQ(pyipc_ring_view(r, NOWAIT, &l), -EBADF);
 		CHECK_EQ(pyipc_ring_arm(r, 0, 0, &word, &val), -EBADF);
 		CHECK_EQ(pyipc_ring_repair(r), -EBADF);
 		CHECK_EQ(pyipc_ring_flush(r), -EBADF);
@@ -1314,12 +1313,11 @@ static void test_fork_while_blocked(void)
 
 /* ---- leases ----------------------------------------------------------- */
 
-static void reserve_ok(pyipc_ring *r, uint64_t len, uint64_t id, uint32_t *slot, uint64_t *pos)
+static void reserve_ok(pyipc_ring *r, uint64_t len, uint64_t id, struct pyipc_lease *l)
 {
-	unsigned char *p;
-
-	CHECK_EQ(pyipc_ring_reserve(r, len, NOWAIT, &p, slot, pos), 0);
-	fill(p, id, len);
+	CHECK_EQ(pyipc_ring_reserve(r, len, NOWAIT, l), 0);
+	CHECK_EQ(l->len, len);
+	fill((unsigned char *)l->ptr, id, len);
 }
 
 /* a reservation publishes on commit, in ring order: puts after it wait for it; an abort leaves nothing. */
@@ -1327,11 +1325,11 @@ static void test_lease_reserve_commit_abort(void)
 {
 	pyipc_ring *r = make(4096, 0);
 	static unsigned char buf[4096];
-	uint64_t needed, pa, pb;
-	uint32_t sa, sb;
+	uint64_t needed;
+	struct pyipc_lease a, b;
 	struct pyipc_ring_info info;
 
-	reserve_ok(r, 100, 1, &sa, &pa);
+	reserve_ok(r, 100, 1, &a);
 	fill(buf, 2, 50);
 	CHECK_EQ(pyipc_ring_put(r, buf, 50, NOWAIT, NULL), 0);
 	/* The put is queued but not visible before the open reservation. */
@@ -1339,16 +1337,16 @@ static void test_lease_reserve_commit_abort(void)
 	CHECK_EQ(pyipc_ring_get(r, buf, sizeof(buf), NOWAIT, &needed), -EAGAIN);
 	CHECK_EQ(pyipc_ring_info(r, &info), 0);
 	CHECK_EQ(info.reserves, 1);
-	CHECK_EQ(pyipc_ring_commit(r, sa, pa, 100, 1), 0);
-	CHECK_EQ(pyipc_ring_commit(r, sa, pa, 100, 1), -ESTALE); /* once only */
+	CHECK_EQ(pyipc_ring_commit(r, &a, 1), 0);
+	CHECK_EQ(pyipc_ring_commit(r, &a, 1), -ESTALE); /* once only */
 	CHECK_EQ(pyipc_ring_get(r, buf, sizeof(buf), NOWAIT, &needed), 100);
 	CHECK(matches(buf, 1, 100));
 	CHECK_EQ(pyipc_ring_get(r, buf, sizeof(buf), NOWAIT, &needed), 50);
 	CHECK(matches(buf, 2, 50));
 	/* An abort becomes a skip record that gets pass over. */
-	reserve_ok(r, 300, 3, &sb, &pb);
+	reserve_ok(r, 300, 3, &b);
 	CHECK_EQ(pyipc_ring_put(r, "after", 5, NOWAIT, NULL), 0);
-	CHECK_EQ(pyipc_ring_commit(r, sb, pb, 300, 0), 0);
+	CHECK_EQ(pyipc_ring_commit(r, &b, 0), 0);
 	CHECK_EQ(pyipc_ring_get(r, buf, sizeof(buf), NOWAIT, &needed), 5);
 	CHECK(memcmp(buf, "after", 5) == 0);
 	CHECK_EQ(pyipc_ring_get(r, buf, sizeof(buf), NOWAIT, &needed), -EAGAIN);
@@ -1358,9 +1356,26 @@ static void test_lease_reserve_commit_abort(void)
 	CHECK_EQ(info.gets, 3);
 	CHECK_EQ(info.reserves, 0);
 	CHECK_EQ(info.bytes_used, 0);
-	/* The length must match what was reserved. */
-	reserve_ok(r, 10, 4, &sa, &pa);
-	CHECK_EQ(pyipc_ring_commit(r, sa, pa, 20, 1), -ESTALE);
+	/* A lease that does not match the table is refused. */
+	reserve_ok(r, 10, 4, &a);
+	a.len = 20;
+	CHECK_EQ(pyipc_ring_commit(r, &a, 1), -ESTALE);
+	pyipc_ring_free(r);
+}
+
+/* an aborted reservation gives its space back at once, with no consumer around. */
+static void test_lease_abort_frees_space(void)
+{
+	pyipc_ring *r = make(4096, 0);
+	struct pyipc_lease a;
+	uint64_t max = pyipc_ring_max_message_size(r);
+
+	reserve_ok(r, max, 5, &a);
+	CHECK_EQ(pyipc_ring_put(r, "x", 1, NOWAIT, NULL), -EAGAIN);
+	CHECK_EQ(pyipc_ring_commit(r, &a, 0), 0);
+	reserve_ok(r, max, 6, &a);
+	CHECK_EQ(pyipc_ring_commit(r, &a, 1), 0);
+	CHECK_EQ(pyipc_ring_check(r), 1);
 	pyipc_ring_free(r);
 }
 
@@ -1369,9 +1384,8 @@ static void test_lease_view_release(void)
 {
 	pyipc_ring *r = make(4096, 0);
 	static unsigned char buf[4096];
-	const unsigned char *v1, *v2;
-	uint32_t s1, s2;
-	uint64_t p1, p2, needed, used;
+	struct pyipc_lease v1, v2;
+	uint64_t needed, used;
 	struct pyipc_ring_info info;
 	int n;
 
@@ -1379,10 +1393,10 @@ static void test_lease_view_release(void)
 		fill(buf, 10 + i, 1000);
 		CHECK_EQ(pyipc_ring_put(r, buf, 1000, NOWAIT, NULL), 0);
 	}
-	CHECK_EQ(pyipc_ring_view(r, NOWAIT, &v1, &s1, &p1), 1000);
-	CHECK(matches(v1, 10, 1000));
-	CHECK_EQ(pyipc_ring_view(r, NOWAIT, &v2, &s2, &p2), 1000);
-	CHECK(matches(v2, 11, 1000));
+	CHECK_EQ(pyipc_ring_view(r, NOWAIT, &v1), 1000);
+	CHECK(matches((unsigned char *)v1.ptr, 10, 1000));
+	CHECK_EQ(pyipc_ring_view(r, NOWAIT, &v2), 1000);
+	CHECK(matches((unsigned char *)v2.ptr, 11, 1000));
 	CHECK_EQ(pyipc_ring_get(r, buf, sizeof(buf), NOWAIT, &needed), 1000);
 	CHECK(matches(buf, 12, 1000));
 	CHECK_EQ(pyipc_ring_qsize(r), 0);
@@ -1395,10 +1409,10 @@ static void test_lease_view_release(void)
 		;
 	CHECK_EQ(n, 1); /* 4096 - 3 * 1008 = 1072 bytes free */
 	/* Releasing the younger view frees nothing yet; the older one frees both. */
-	CHECK_EQ(pyipc_ring_release(r, s2, p2), 0);
+	CHECK_EQ(pyipc_ring_release(r, &v2), 0);
 	CHECK_EQ(pyipc_ring_put(r, buf, 1000, NOWAIT, NULL), -EAGAIN);
-	CHECK_EQ(pyipc_ring_release(r, s1, p1), 0);
-	CHECK_EQ(pyipc_ring_release(r, s1, p1), -ESTALE);
+	CHECK_EQ(pyipc_ring_release(r, &v1), 0);
+	CHECK_EQ(pyipc_ring_release(r, &v1), -ESTALE);
 	CHECK_EQ(pyipc_ring_put(r, buf, 1000, NOWAIT, NULL), 0);
 	CHECK_EQ(pyipc_ring_put(r, buf, 1000, NOWAIT, NULL), 0);
 	CHECK_EQ(pyipc_ring_info(r, &info), 0);
@@ -1412,20 +1426,17 @@ static void test_lease_wraps_contiguously(void)
 {
 	pyipc_ring *r = make(4096, 0);
 	static unsigned char buf[4096];
-	unsigned char *w;
-	const unsigned char *v;
-	uint32_t slot;
-	uint64_t pos, needed;
+	struct pyipc_lease l;
+	uint64_t needed;
 
 	/* Move the cursors to 1000 bytes before the end. */
 	CHECK_EQ(pyipc_ring_put(r, buf, 4096 - 1000 - 8, NOWAIT, NULL), 0);
 	CHECK_EQ(pyipc_ring_get(r, buf, sizeof(buf), NOWAIT, &needed), 4096 - 1000 - 8);
-	CHECK_EQ(pyipc_ring_reserve(r, 3000, NOWAIT, &w, &slot, &pos), 0);
-	fill(w, 77, 3000);
-	CHECK_EQ(pyipc_ring_commit(r, slot, pos, 3000, 1), 0);
-	CHECK_EQ(pyipc_ring_view(r, NOWAIT, &v, &slot, &pos), 3000);
-	CHECK(matches(v, 77, 3000));
-	CHECK_EQ(pyipc_ring_release(r, slot, pos), 0);
+	reserve_ok(r, 3000, 77, &l);
+	CHECK_EQ(pyipc_ring_commit(r, &l, 1), 0);
+	CHECK_EQ(pyipc_ring_view(r, NOWAIT, &l), 3000);
+	CHECK(matches((unsigned char *)l.ptr, 77, 3000));
+	CHECK_EQ(pyipc_ring_release(r, &l), 0);
 	pyipc_ring_free(r);
 }
 
@@ -1433,15 +1444,13 @@ static void test_lease_wraps_contiguously(void)
 static void test_lease_table_full(void)
 {
 	pyipc_ring *r = make(1 << 16, 0);
-	uint32_t slots[PYIPC_MAX_LEASES], s;
-	uint64_t pos[PYIPC_MAX_LEASES], p;
-	unsigned char *w;
+	struct pyipc_lease l[PYIPC_MAX_LEASES], extra;
 
 	for (int i = 0; i < PYIPC_MAX_LEASES; i++)
-		reserve_ok(r, 8, (uint64_t)i, &slots[i], &pos[i]);
-	CHECK_EQ(pyipc_ring_reserve(r, 8, NOWAIT, &w, &s, &p), -ENOSPC);
+		reserve_ok(r, 8, (uint64_t)i, &l[i]);
+	CHECK_EQ(pyipc_ring_reserve(r, 8, NOWAIT, &extra), -ENOSPC);
 	for (int i = PYIPC_MAX_LEASES - 1; i >= 0; i--)
-		CHECK_EQ(pyipc_ring_commit(r, slots[i], pos[i], 8, 1), 0);
+		CHECK_EQ(pyipc_ring_commit(r, &l[i], 1), 0);
 	CHECK_EQ(pyipc_ring_check(r), PYIPC_MAX_LEASES);
 	pyipc_ring_free(r);
 }
@@ -1451,15 +1460,15 @@ static void test_lease_outlives_close(void)
 {
 	pyipc_ring *r = make(4096, 0), *other = NULL;
 	const char *name = names[atomic_load(&nnames) - 1];
-	unsigned char *w, buf[64];
-	uint32_t slot;
-	uint64_t pos, needed;
+	unsigned char buf[64];
+	struct pyipc_lease l;
+	uint64_t needed;
 
 	CHECK_EQ(pyipc_ring_attach(name, 0, &other), 0);
-	CHECK_EQ(pyipc_ring_reserve(r, 16, NOWAIT, &w, &slot, &pos), 0);
+	CHECK_EQ(pyipc_ring_reserve(r, 16, NOWAIT, &l), 0);
 	CHECK_EQ(pyipc_ring_close(r), 0);
-	memcpy(w, "written in place", 16); /* still mapped: ASan would say otherwise */
-	CHECK_EQ(pyipc_ring_commit(r, slot, pos, 16, 1), 0);
+	memcpy(l.ptr, "written in place", 16); /* still mapped: ASan would say otherwise */
+	CHECK_EQ(pyipc_ring_commit(r, &l, 1), 0);
 	CHECK_EQ(pyipc_ring_get(other, buf, sizeof(buf), NOWAIT, &needed), 16);
 	CHECK(memcmp(buf, "written in place", 16) == 0);
 	pyipc_ring_free(r);
@@ -1478,19 +1487,15 @@ static void die_holding_lease(const char *name, int view)
 	CHECK(pid >= 0);
 	if (pid == 0) {
 		pyipc_ring *r = NULL;
-		unsigned char *w;
-		const unsigned char *v;
-		uint32_t slot;
-		uint64_t pos;
+		struct pyipc_lease l;
 
 		close(fds[0]);
 		if (pyipc_ring_attach(name, 0, &r))
 			_exit(2);
-		if (view ? pyipc_ring_view(r, NOWAIT, &v, &slot, &pos) < 0
-			 : pyipc_ring_reserve(r, 500, NOWAIT, &w, &slot, &pos) < 0)
+		if (view ? pyipc_ring_view(r, NOWAIT, &l) < 0 : pyipc_ring_reserve(r, 500, NOWAIT, &l) < 0)
 			_exit(3);
 		if (!view)
-			memset(w, 0xee, 500);
+			memset(l.ptr, 0xee, 500);
 		if (write(fds[1], "x", 1) != 1)
 			_exit(4);
 		kill(getpid(), SIGKILL);
@@ -1610,6 +1615,66 @@ static void test_repair_words(void)
 	CHECK_EQ(pyipc_ring_attach(name, 0, &late), 0);
 	pyipc_ring_free(late);
 	munmap(p, size);
+	pyipc_ring_free(r);
+}
+
+/* a lock held under the "unknown" owner id (no evidence) is never taken over: calls time out, repair says busy. */
+static void test_owner_unknown_is_never_taken_over(void)
+{
+	pyipc_ring *r = make(4096, 0);
+	size_t size;
+	unsigned char *p = map_raw(names[atomic_load(&nnames) - 1], &size);
+	uint32_t unknown = PYIPC_OWNER_UNKNOWN, zero = 0;
+	struct pyipc_ring_info info;
+
+	memcpy(p + OFF_PROD, &unknown, 4);
+	hammer_held(r, 100);
+	CHECK_EQ(pyipc_ring_repair(r), -EBUSY);
+	CHECK_EQ(pyipc_ring_info(r, &info), 0);
+	CHECK_EQ(info.recoveries, 0);
+	memcpy(p + OFF_PROD, &zero, 4);
+	CHECK_EQ(pyipc_ring_put(r, "x", 1, NOWAIT, NULL), 0);
+	munmap(p, size);
+	pyipc_ring_free(r);
+}
+
+/* a child forked where /proc is not mounted, after the ring's name was removed, has no evidence: owner "unknown". */
+static void test_fork_without_proc_has_no_evidence(void)
+{
+	pyipc_ring *r = make(4096, 0);
+	struct pyipc_ring_info info;
+	int status;
+	pid_t pid;
+
+	CHECK_EQ(pyipc_seg_unlink(names[atomic_load(&nnames) - 1], 0), 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		pid_t kid;
+
+		/* A mount namespace of our own, without /proc. */
+		if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+		    umount2("/proc", MNT_DETACH))
+			_exit(SKIPPED);
+		kid = fork();
+		if (kid == 0) {
+			if (pyipc_ring_info(r, &info))
+				_exit(2);
+			_exit(info.owner == PYIPC_OWNER_UNKNOWN ? 0 : 3);
+		}
+		if (kid < 0 || waitpid(kid, &status, 0) != kid || !WIFEXITED(status))
+			_exit(4);
+		_exit(WEXITSTATUS(status));
+	}
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status));
+	if (WEXITSTATUS(status) == SKIPPED) {
+		printf("skip fork_without_proc_has_no_evidence: cannot unmount /proc in a mount namespace\n");
+		pyipc_ring_free(r);
+		cleanup();
+		exit(SKIPPED);
+	}
+	CHECK_EQ(WEXITSTATUS(status), 0);
 	pyipc_ring_free(r);
 }
 
@@ -1928,6 +1993,7 @@ static const struct test tests[] = {
 	T(fork_child_does_not_vouch_for_parent),
 	T(fork_while_blocked),
 	T(lease_reserve_commit_abort),
+	T(lease_abort_frees_space),
 	T(lease_view_release),
 	T(lease_wraps_contiguously),
 	T(lease_table_full),
@@ -1936,6 +2002,8 @@ static const struct test tests[] = {
 	T(lease_dead_viewer),
 	T(repair_scribbled_record),
 	T(repair_words),
+	T(owner_unknown_is_never_taken_over),
+	T(fork_without_proc_has_no_evidence),
 	T(arm),
 	T(scribbled_lock_words),
 	T(mpmc_small_ring),

@@ -386,23 +386,23 @@ static void test_buffer_too_small(void)
 static void test_reserve_commit_abort(void)
 {
 	pyipc_topic *t = make(4096, 1, 0), *s = sub(last_name(), 0);
-	unsigned char *p, buf[64];
-	uint32_t slot, slot2;
-	uint64_t pos, pos2;
+	struct pyipc_lease a, b;
+	unsigned char buf[64];
 
-	CHECK_EQ(pyipc_topic_reserve(t, 5, NOWAIT, &p, &slot, &pos), 0);
+	CHECK_EQ(pyipc_topic_reserve(t, 5, NOWAIT, &a), 0);
+	CHECK_EQ(a.len, 5);
 	CHECK_EQ(pyipc_topic_publish(t, "after", 5, NOWAIT), 0);
 	CHECK_EQ(recv_until(s, buf, sizeof(buf), NOWAIT), -EAGAIN);
-	memcpy(p, "first", 5);
-	CHECK_EQ(pyipc_topic_reserve(t, 3, NOWAIT, &p, &slot2, &pos2), 0);
-	CHECK_EQ(pyipc_topic_commit(t, slot, pos, 5, 1), 0);
+	memcpy(a.ptr, "first", 5);
+	CHECK_EQ(pyipc_topic_reserve(t, 3, NOWAIT, &b), 0);
+	CHECK_EQ(pyipc_topic_commit(t, &a, 1), 0);
 	CHECK_EQ(recv_until(s, buf, sizeof(buf), NOWAIT), 5);
 	CHECK(memcmp(buf, "first", 5) == 0);
 	CHECK_EQ(recv_until(s, buf, sizeof(buf), NOWAIT), 5);
 	CHECK(memcmp(buf, "after", 5) == 0);
-	CHECK_EQ(pyipc_topic_commit(t, slot2, pos2, 3, 0), 0);
+	CHECK_EQ(pyipc_topic_commit(t, &b, 0), 0);
 	CHECK_EQ(recv_until(s, buf, sizeof(buf), NOWAIT), -EAGAIN);
-	CHECK_EQ(pyipc_topic_commit(t, slot2, pos2, 3, 0), -ESTALE);
+	CHECK_EQ(pyipc_topic_commit(t, &b, 0), -ESTALE);
 	CHECK_EQ(pyipc_topic_check(t), 2);
 	pyipc_topic_free(s);
 	pyipc_topic_free(t);
@@ -413,22 +413,23 @@ static void test_view_holds(void)
 {
 	for (int overflow = 0; overflow < 2; overflow++) {
 		pyipc_topic *t = make(4096, 1, overflow), *s = sub(last_name(), 0);
+		struct pyipc_lease l;
 		const unsigned char *v;
 		unsigned char buf[1024];
-		uint32_t slot;
-		uint64_t pos, needed;
+		uint64_t needed;
 		int n = 0;
 
 		CHECK_EQ(publish_id(t, 42, 500, NOWAIT), 0);
-		CHECK_EQ(pyipc_topic_view(s, NOWAIT, &v, &slot, &pos), 500);
+		CHECK_EQ(pyipc_topic_view(s, NOWAIT, &l), 500);
+		v = (const unsigned char *)l.ptr;
 		while (publish_id(t, 7, 500, NOWAIT) == 0) {
 			pyipc_topic_recv(s, buf, sizeof(buf), NOWAIT, &needed);
 			CHECK(++n < 100);
 		}
 		CHECK(matches(v, 42, 8, 500));
 		CHECK_EQ(*(const uint64_t *)v, 42);
-		CHECK_EQ(pyipc_topic_release(s, slot, pos), 0);
-		CHECK_EQ(pyipc_topic_release(s, slot, pos), -ESTALE);
+		CHECK_EQ(pyipc_topic_release(s, &l), 0);
+		CHECK_EQ(pyipc_topic_release(s, &l), -ESTALE);
 		CHECK_EQ(publish_id(t, 7, 500, NOWAIT), 0);
 		pyipc_topic_free(s);
 		pyipc_topic_free(t);
@@ -482,13 +483,11 @@ static void test_dead_reserver(void)
 	CHECK(pid >= 0);
 	if (pid == 0) {
 		pyipc_topic *p = NULL;
-		unsigned char *w;
-		uint32_t slot;
-		uint64_t pos;
+		struct pyipc_lease l;
 
-		if (pyipc_topic_attach(name, 0, &p) || pyipc_topic_reserve(p, 8, NOWAIT, &w, &slot, &pos))
+		if (pyipc_topic_attach(name, 0, &p) || pyipc_topic_reserve(p, 8, NOWAIT, &l))
 			_exit(2);
-		memcpy(w, "partial!", 8);
+		memcpy(l.ptr, "partial!", 8);
 		kill(getpid(), SIGKILL);
 	}
 	reap_killed(pid);
