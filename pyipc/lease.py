@@ -28,7 +28,7 @@ functions that end its leases (a ring's by default, a topic's for
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ._core import ffi, lib
 from .errors import RC_EINTR
@@ -59,7 +59,7 @@ class _Token:
         self.rc = 0
         self.gen = _generation[0]
         # release(h, lease) for a view, commit(h, lease, publish) for a reservation
-        self.fn = fn if fn is not None else (_c_release if publish is None else _c_commit)
+        self.fn: Callable[..., int] = fn if fn is not None else (_c_release if publish is None else _c_commit)
 
     def end(self, _ptr: Any = None) -> None:
         if self.done:

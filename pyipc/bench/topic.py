@@ -240,7 +240,7 @@ def _zmq_teardown(ctx: Dict[str, Any]) -> None:
 
 
 def _zmq_subscriber(ctx: Dict[str, Any], size: int, mode: str) -> Callable[[], Tuple[int, int]]:
-    import zmq
+    zmq = importlib.import_module("zmq")
 
     zc = zmq.Context()
     s = zc.socket(zmq.SUB)
@@ -263,7 +263,7 @@ def _zmq_subscriber(ctx: Dict[str, Any], size: int, mode: str) -> Callable[[], T
 
 
 def _zmq_publisher(ctx: Dict[str, Any], size: int, mode: str) -> Tuple[Callable[[], None], Callable[[], None]]:
-    import zmq
+    zmq = importlib.import_module("zmq")
 
     zc = zmq.Context()
     p = zc.socket(zmq.XPUB)
