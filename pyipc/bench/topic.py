@@ -41,8 +41,14 @@ from .runner import pick_cpus
 __all__ = ["CONTENDERS", "run_cell", "ceiling", "overwrite_rate", "run_topic_bench", "format_topic_table"]
 
 BATCH = 64
-ZMQ_HWM = 1000
 MIB = 1 << 20
+
+
+def _zmq_hwm(size: int) -> int:
+    """High-water marks of about 64 MiB a pipe: a full pipe is rare, and
+    XPUB_NODROP's wake-up when one drains is unreliable with several
+    subscribers (see _zmq_publisher)."""
+    return max(64, min(100_000, (64 * MIB) // max(size, 1)))
 
 
 def _pin(cpu: Optional[int]) -> None:
@@ -244,7 +250,10 @@ def _zmq_subscriber(ctx: Dict[str, Any], size: int, mode: str) -> Callable[[], T
 
     zc = zmq.Context()
     s = zc.socket(zmq.SUB)
-    s.setsockopt(zmq.RCVHWM, ZMQ_HWM)
+    s.setsockopt(zmq.RCVHWM, _zmq_hwm(size))
+    # A subscriber that hears nothing for this long ends: the cell then
+    # fails on its counts instead of hanging (seen with XPUB_NODROP).
+    s.setsockopt(zmq.RCVTIMEO, 10_000)
     s.setsockopt(zmq.SUBSCRIBE, b"")
     # The publisher binds; retry until it has.
     s.connect(ctx["addr"])
@@ -252,9 +261,9 @@ def _zmq_subscriber(ctx: Dict[str, Any], size: int, mode: str) -> Callable[[], T
     def run() -> Tuple[int, int]:
         if size >= 65536:
             recv = s.recv
-            counts = _loop_sum(lambda: recv(copy=False).buffer, size)
+            counts = _loop_sum(lambda: recv(copy=False).buffer, size, (zmq.Again,))
         else:
-            counts = _loop_one(s.recv, size)
+            counts = _loop_one(s.recv, size, (zmq.Again,))
         s.close(linger=0)
         zc.term()
         return counts
@@ -267,7 +276,7 @@ def _zmq_publisher(ctx: Dict[str, Any], size: int, mode: str) -> Tuple[Callable[
 
     zc = zmq.Context()
     p = zc.socket(zmq.XPUB)
-    p.setsockopt(zmq.SNDHWM, ZMQ_HWM)
+    p.setsockopt(zmq.SNDHWM, _zmq_hwm(size))
     p.setsockopt(zmq.XPUB_NODROP, 1)
     p.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only the first of each topic
     p.bind(ctx["addr"])
@@ -497,7 +506,7 @@ CONTENDERS: Dict[str, Contender] = {
                   sizes=(64,), per_send=BATCH),
         Contender("pyipc-lease", "pyipc topic, reserve (NumPy fill) / view (NumPy sum)", None, _pyipc_setup,
                   _pyipc_teardown, _pyipc_subscriber, _pyipc_publisher, mode="view", sizes=(MIB,)),
-        Contender("zmq", "ZeroMQ XPUB/SUB ipc://, XPUB_NODROP, HWM 1000", "zmq", _zmq_setup, _zmq_teardown,
+        Contender("zmq", "ZeroMQ XPUB/SUB ipc://, XPUB_NODROP, HWM ~64 MiB a pipe", "zmq", _zmq_setup, _zmq_teardown,
                   _zmq_subscriber, _zmq_publisher),
         Contender("iceoryx2", "iceoryx2 publish-subscribe, back-pressure, polling subscribers", "iceoryx2",
                   _iox2_setup, _nothing, _iox2_subscriber, _iox2_publisher),
