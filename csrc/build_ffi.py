@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # One header per family.  Each is valid C *and* valid cdef once the
 # preprocessor lines are dropped (see cdef_text).
-API_HEADERS = ["ring_api.h", "channel_api.h", "waitset_api.h"]
+API_HEADERS = ["ring_api.h", "topic_api.h", "channel_api.h", "waitset_api.h"]
 
 
 def cdef_text(path):

@@ -62,9 +62,13 @@ int forksafe_add(struct fork_hook *hook)
 
 void forksafe_remove(struct fork_hook *hook)
 {
-	if (!hook->next)
-		return;
+	/* Under the lock even the check: adding a hook after this one writes
+	 * this one's next pointer, in whatever thread adds it. */
 	pthread_mutex_lock(&hooks_lock);
+	if (!hook->next) {
+		pthread_mutex_unlock(&hooks_lock);
+		return;
+	}
 	hook->prev->next = hook->next;
 	hook->next->prev = hook->prev;
 	hook->next = hook->prev = NULL;

@@ -156,6 +156,89 @@ _Static_assert(sizeof(struct seg_hdr) == LINE, "the shared line is one line");
 _Static_assert(sizeof(struct ring_hdr) <= 4096, "a ring header fits the smallest page");
 #undef CHECK_OFF
 
+/*
+ * Topics (topic.c): one ring of records that every subscriber reads through
+ * its own cursor.  The record area holds records of a 16-byte header
+ * {len, check, seq} and the payload padded to 8 bytes; `seq` is the
+ * message's number in publication order (a skip record carries the number
+ * of the next message), stamped before the record becomes visible.
+ *
+ * Publishers own, under their lock:  claim (the end of all space taken),
+ * tail (everything before it is published), oldest (the first record still
+ * intact: space before it has been, or is being, overwritten), and the
+ * reservation table.  Always
+ *
+ *     oldest <= tail <= claim,   claim - oldest <= capacity,
+ *
+ * and oldest <= gate of every subscriber on a "block" topic, oldest <= hold
+ * of every subscriber on an "overwrite" one.  A publisher moves oldest past
+ * what it is about to overwrite before it writes there (so a subscriber that
+ * copies a record and then finds oldest past it knows the copy may be torn).
+ */
+enum topic_overflow { TOPIC_BLOCK = 0, TOPIC_OVERWRITE = 1 };
+#define HOLD_NONE UINT64_MAX /* a slot with no open view */
+
+struct topic_pub {
+	/* private: publishers only (and subscribers while they attach) */
+	_Atomic uint32_t lock;
+	_Atomic uint32_t leases; /* open reservations */
+	_Atomic uint64_t claim;
+	_Atomic uint64_t waits;
+	_Atomic uint64_t done;
+	_Atomic uint32_t subs_gen; /* bumped whenever a subscriber comes or goes */
+	_Atomic uint32_t hi;       /* slots in use all lie below this */
+	struct redo log;
+	/* published: what subscribers read on every receive */
+	alignas(LINE) _Atomic uint64_t tail;
+	_Atomic uint64_t tail_seq;   /* messages published: the number of the next one */
+	_Atomic uint64_t oldest;
+	_Atomic uint64_t oldest_seq; /* the number of the first message at or after oldest */
+	_Atomic uint64_t bytes;      /* payload bytes published */
+	_Atomic uint32_t data_evt;   /* subscribers (and publishers behind a reservation) sleep here */
+};
+
+/* One subscriber, on a line of its own that only it writes (but for the
+ * waiter bit of evt, set by a publisher about to sleep on it). */
+struct topic_slot {
+	_Atomic uint32_t owner; /* 0: free; written last when taken, under the publishers' lock */
+	_Atomic uint32_t evt;   /* publishers held back by this subscriber sleep here */
+	_Atomic uint64_t gate;  /* min(read, oldest open view): "block" publishers stop here */
+	_Atomic uint64_t read;  /* the next record it reads */
+	_Atomic uint64_t next_seq;
+	_Atomic uint64_t hold;  /* its oldest open view, or HOLD_NONE ("overwrite" topics) */
+	_Atomic uint64_t count; /* messages received */
+	_Atomic uint64_t bytes;
+	_Atomic uint64_t missed;
+	_Atomic uint64_t waits;
+	_Atomic uint32_t views;
+	uint32_t pad[13];
+};
+
+struct topic_hdr {
+	struct seg_hdr seg; /* params[0]: max_subscribers, params[1]: overflow */
+	alignas(LINE) struct topic_pub pub;
+	alignas(LINE) _Atomic uint32_t views_open; /* slots with a hold */
+	alignas(LINE) struct lease reserves[PYIPC_MAX_LEASES];
+	alignas(LINE) struct topic_slot slots[]; /* max_subscribers of them */
+};
+
+#define CHECK_TOPIC(field, value) \
+	_Static_assert(offsetof(struct topic_hdr, field) == (value), #field)
+CHECK_TOPIC(seg.params[0], PYIPC_OFF_TOPIC_MAX_SUBS);
+CHECK_TOPIC(seg.params[1], PYIPC_OFF_TOPIC_OVERFLOW);
+CHECK_TOPIC(pub.lock, PYIPC_OFF_TOPIC_LOCK);
+CHECK_TOPIC(pub.claim, PYIPC_OFF_TOPIC_CLAIM);
+CHECK_TOPIC(pub.tail, PYIPC_OFF_TOPIC_TAIL);
+CHECK_TOPIC(pub.tail_seq, PYIPC_OFF_TOPIC_TAIL_SEQ);
+CHECK_TOPIC(pub.oldest, PYIPC_OFF_TOPIC_OLDEST);
+CHECK_TOPIC(pub.data_evt, PYIPC_OFF_TOPIC_DATA_EVT);
+CHECK_TOPIC(slots, PYIPC_OFF_TOPIC_SLOTS);
+_Static_assert(sizeof(struct topic_slot) == PYIPC_TOPIC_SLOT_SIZE, "slot size");
+_Static_assert(offsetof(struct topic_slot, owner) == PYIPC_OFF_SLOT_OWNER, "slot owner");
+_Static_assert(offsetof(struct topic_slot, gate) == PYIPC_OFF_SLOT_GATE, "slot gate");
+_Static_assert(offsetof(struct topic_slot, read) == PYIPC_OFF_SLOT_READ, "slot read");
+#undef CHECK_TOPIC
+
 static inline uint32_t lease_check(uint64_t pos, uint64_t end, uint32_t owner)
 {
 	uint64_t x = pos * 0x9e3779b97f4a7c15ull ^ end ^ ((uint64_t)owner << 17);

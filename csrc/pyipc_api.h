@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "ring_api.h"
+#include "topic_api.h"
 #include "channel_api.h"
 #include "waitset_api.h"
 

@@ -371,20 +371,12 @@ void ring_sync_epoch(struct pyipc_ring *r, int producer)
 void ring_log(struct side *s, uint32_t op, uint32_t slot, uint64_t cursor, uint64_t count,
 	      uint64_t bytes)
 {
-	s->log.op = op;
-	s->log.slot = slot;
-	s->log.cursor = cursor;
-	s->log.count = count;
-	s->log.bytes = bytes;
-	/* seq last: a log with the new seq is a whole one. */
-	atomic_store_explicit(&s->log.seq, atomic_load_explicit(&s->done, memory_order_relaxed) + 1,
-			      memory_order_release);
+	redo_open(&s->log, &s->done, op, slot, cursor, count, bytes);
 }
 
 void ring_log_done(struct side *s)
 {
-	atomic_store_explicit(&s->done, atomic_load_explicit(&s->log.seq, memory_order_relaxed),
-			      memory_order_release);
+	redo_close(&s->log, &s->done);
 }
 
 /* ---- put -------------------------------------------------------------- */

@@ -52,6 +52,24 @@ enum pyipc_layout {
 	PYIPC_OFF_CONS_WAKE = 536,
 	PYIPC_OFF_RESERVES = 640,
 	PYIPC_OFF_VIEWS = 2176,
+	/* Topics (topic_api.h): the record header, the settings kept in
+	 * seg_hdr.params[], the publishers' cache lines and the subscriber
+	 * slots, one per max_subscribers, from PYIPC_OFF_TOPIC_SLOTS on. */
+	PYIPC_TOPIC_REC_HDR = 16,
+	PYIPC_TOPIC_MAX_SUBSCRIBERS = 1024,
+	PYIPC_OFF_TOPIC_MAX_SUBS = 72,
+	PYIPC_OFF_TOPIC_OVERFLOW = 76,
+	PYIPC_OFF_TOPIC_LOCK = 128,
+	PYIPC_OFF_TOPIC_CLAIM = 136,
+	PYIPC_OFF_TOPIC_TAIL = 256,
+	PYIPC_OFF_TOPIC_TAIL_SEQ = 264,
+	PYIPC_OFF_TOPIC_OLDEST = 272,
+	PYIPC_OFF_TOPIC_DATA_EVT = 296,
+	PYIPC_OFF_TOPIC_SLOTS = 2048,
+	PYIPC_TOPIC_SLOT_SIZE = 128,
+	PYIPC_OFF_SLOT_OWNER = 0,
+	PYIPC_OFF_SLOT_GATE = 8,
+	PYIPC_OFF_SLOT_READ = 16,
 	/* A lock word: the holder's owner id, and this bit once someone sleeps. */
 	PYIPC_LOCK_WAITERS = 0x80000000,
 	PYIPC_OWNER_UNKNOWN = 0x7fffffff,

@@ -17,6 +17,7 @@
 #include "layout.h"
 #include "lock.h"
 #include "segment.h"
+#include "shared.h"
 
 #define SKIP_LEN UINT64_MAX /* parse_record(): the record is a skip record */
 #define LEASE_CHECK_NS 10000000ll /* waiters held up by a lease look at its owner this often */
@@ -116,46 +117,12 @@ static inline int shutdown_state(const struct pyipc_ring *r)
 	return -EBADMSG;
 }
 
-/* Wake the sleepers on an event count, if any: a system call only when the
- * waiter bit says somebody sleeps. */
-static inline void wake_sleepers(_Atomic uint32_t *evt)
-{
-	uint32_t v = atomic_load_explicit(evt, memory_order_relaxed);
-
-	while (v & 1u) {
-		/* v + 1 clears the waiter bit and advances the count. */
-		if (atomic_compare_exchange_weak(evt, &v, v + 1)) {
-			futex_wake_all(evt);
-			return;
-		}
-	}
-}
-
 /* After a commit and unlock: pairs with the fence in sleep_on() so that
  * either the sleeper sees our cursor or we see its waiter bit. */
 static inline void wake_other(struct side *s)
 {
 	atomic_thread_fence(memory_order_seq_cst);
 	wake_sleepers(&s->wake_evt);
-}
-
-/* The lowest position of an open lease in table t (positions compared from
- * `floor`, which is at or below all of them), or `none` if there is none;
- * *n counts them. */
-static inline uint64_t lowest_lease(struct lease *t, uint64_t floor, uint64_t none, uint32_t *n)
-{
-	uint64_t low = none;
-	uint32_t i, k = 0;
-
-	for (i = 0; i < PYIPC_MAX_LEASES; i++) {
-		if (!atomic_load_explicit(&t[i].owner, memory_order_relaxed))
-			continue;
-		k++;
-		if (t[i].pos - floor < low - floor)
-			low = t[i].pos;
-	}
-	*n = k;
-	return low;
 }
 
 /* ring.c */

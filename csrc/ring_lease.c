@@ -50,13 +50,7 @@ static void fill(struct pyipc_ring *r, struct lease *e, uint64_t pos, uint64_t e
 /* Lock-free look: does table t hold a lease whose holder is dead? */
 int ring_dead_leases(struct pyipc_ring *r, struct lease *t)
 {
-	for (int i = 0; i < PYIPC_MAX_LEASES; i++) {
-		uint32_t owner = atomic_load_explicit(&t[i].owner, memory_order_relaxed);
-
-		if (owner && owner_liveness(r->seg.fd, r->seg.owner, owner) == OWNER_DEAD)
-			return 1;
-	}
-	return 0;
+	return dead_leases(&r->seg, t);
 }
 
 /* Recompute tail from the open reservations; the producers' lock is held. */

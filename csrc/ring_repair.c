@@ -46,27 +46,6 @@ static void finish_log(struct pyipc_ring *r, struct side *s, struct lease *t)
 	atomic_store(&s->done, seq);
 }
 
-/* Drop the leases of t that do not lie within [lo, hi); returns how many
- * remain. */
-static uint32_t keep_leases(struct pyipc_ring *r, struct lease *t, uint64_t lo, uint64_t hi)
-{
-	uint32_t n = 0;
-
-	for (int i = 0; i < PYIPC_MAX_LEASES; i++) {
-		uint32_t owner = atomic_load(&t[i].owner);
-		uint64_t pos = atomic_load(&t[i].pos), end = t[i].end;
-
-		if (!owner)
-			continue;
-		if (t[i].check != lease_check(pos, end, owner) || ((pos | end) & 7) || end <= pos ||
-		    end - pos > r->cap || pos - lo > hi - lo || end - lo > hi - lo)
-			atomic_store(&t[i].owner, 0);
-		else
-			n++;
-	}
-	return n;
-}
-
 /* Recompute a side's published cursor from its open leases. */
 static void republish(struct side *s, struct lease *t, uint64_t floor, uint64_t none)
 {
@@ -87,7 +66,7 @@ int ring_recover_prod(struct pyipc_ring *r)
 	if (!cursors_ok(r, free, claim) || !cursors_ok(r, tail, claim))
 		return -EBADMSG; /* scribbled: only repair() can tell what to keep */
 	finish_log(r, p, h->reserves);
-	keep_leases(r, h->reserves, tail, claim);
+	keep_leases(h->reserves, r->cap, tail, claim);
 	republish(p, h->reserves, tail, claim);
 	return 0;
 }
@@ -101,7 +80,7 @@ int ring_recover_cons(struct pyipc_ring *r)
 	if (!cursors_ok(r, free, take))
 		return -EBADMSG;
 	finish_log(r, c, h->views);
-	keep_leases(r, h->views, free, take);
+	keep_leases(h->views, r->cap, free, take);
 	republish(c, h->views, free, take);
 	return 0;
 }
@@ -256,11 +235,11 @@ int64_t pyipc_ring_repair(pyipc_ring *r)
 
 	atomic_store(&c->own, take);
 	atomic_store(&c->cursor, free);
-	keep_leases(r, h->views, free, take);
+	keep_leases(h->views, r->cap, free, take);
 	republish(c, h->views, free, take);
 	atomic_store(&p->own, end);
 	atomic_store(&p->cursor, take);
-	keep_leases(r, h->reserves, take, end);
+	keep_leases(h->reserves, r->cap, take, end);
 	republish(p, h->reserves, take, end);
 	atomic_store(&p->count, atomic_load(&c->count) + (uint64_t)kept);
 	atomic_store(&p->done, atomic_load(&p->log.seq));

@@ -476,6 +476,20 @@ int pyipc_seg_unlink(const char *where, int flags)
 	return shm_unlink(where) ? -errno : 0;
 }
 
+int seg_peek(const char *where, int flags, struct seg_hdr *out)
+{
+	ssize_t n;
+	int fd = open_where(where, flags, O_RDONLY, 0);
+
+	if (fd < 0)
+		return fd;
+	n = pread(fd, out, sizeof(*out), 0);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	return n == (ssize_t)sizeof(*out) && out->magic == SEG_MAGIC ? 0 : -EBADMSG;
+}
+
 int pyipc_seg_probe(const char *where, int flags, struct pyipc_seg_probe *out)
 {
 	struct seg_hdr h;

@@ -50,6 +50,9 @@ void seg_publish(struct seg *s, uint32_t kind);
 /* Attach: wait briefly for a creator to publish, validate the shared
  * geometry against the file (-EBADMSG), map, and claim an owner id. */
 int seg_attach(struct seg *s, const char *where, int flags, uint32_t kind, uint64_t hdr_min);
+/* Read a segment's first line without attaching (for repair, and for
+ * messages that say what a segment is). */
+int seg_peek(const char *where, int flags, struct seg_hdr *out);
 /* Attach through a descriptor another process passed us (duplicated: the
  * caller keeps fd). */
 int seg_attach_fd(struct seg *s, int fd, uint32_t kind, uint64_t hdr_min);

@@ -3,6 +3,8 @@
 Shared memory: ``RingBuffer`` (bytes) and ``Queue`` (objects) over a
 lock-protected ring in a named POSIX shared-memory segment.  Message passing:
 ``pipe()``, UNIX sockets and ``MessageQueue`` behind one ``Channel`` protocol.
+Broadcast: ``Publisher``/``Subscriber``, a topic whose every message goes to
+every subscriber.
 """
 try:
     from ._core import lib as _lib  # noqa: F401 - the compiled C core, which all below need
@@ -23,6 +25,7 @@ from .mqueue import MessageQueue
 from .pipe import open_fifo, pipe
 from .queue import Queue
 from .ring import RingBuffer
+from .topic import Publisher, Subscriber
 from .usock import UnixListener, socketpair, unix_connect
 
 __version__ = "0.1.0"
@@ -36,6 +39,8 @@ __all__ = [
     "CorruptedError",
     "RingBuffer",
     "Queue",
+    "Publisher",
+    "Subscriber",
     "Channel",
     "pipe",
     "open_fifo",

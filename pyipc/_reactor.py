@@ -398,7 +398,9 @@ async def wait_ring(ring: Any, for_space: bool, need: int, deadline: int) -> int
         if h is None or g.closed:
             return NOW
         word, val = r._word, r._val
-        rc = _ring_arm(h, for_space, need, word, val)
+        # A topic's handles bring their own arm and wait (same contract).
+        arm, wait = getattr(ring, "_c_arm", _ring_arm), getattr(ring, "_c_wait", _ring_wait)
+        rc = arm(h, for_space, need, word, val)
         if rc == _ARMED_LEASE:
             # A lease is in the way whose holder may die, and a dead holder
             # wakes nobody: look again within the C core's lease check.
@@ -409,7 +411,7 @@ async def wait_ring(ring: Any, for_space: bool, need: int, deadline: int) -> int
             if rc == 1 or rc == _EBADF or rc == _EMSGSIZE:
                 return NOW  # ready, closed, or never: the attempt says which
             raise error_from(rc, ring.name)
-        w = r._add(word[0], val[0], deadline, partial(_ring_wait, h, for_space, need, 0))
+        w = r._add(word[0], val[0], deadline, partial(wait, h, for_space, need, 0))
         g.waits.add((r, w))
     finally:
         g.lock.release()
@@ -436,8 +438,9 @@ async def retry(ring: Any, for_space: bool, need: Any, deadline: int, attempt: C
                 # microseconds: look again without giving up the loop.
                 busy_end = now + BUSY_NS
                 h = ring._h
+                wait = getattr(ring, "_c_wait", _ring_wait)
                 while h is not None and _monotonic_ns() < busy_end:
-                    if _ring_wait(h, for_space, need() if callable(need) else need, 0) != _EAGAIN:
+                    if wait(h, for_space, need() if callable(need) else need, 0) != _EAGAIN:
                         break
                 continue
             if now < spin_end:

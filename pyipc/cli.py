@@ -1,6 +1,7 @@
 """The ``pyipc`` command: ``bench``, ``ls``, ``info``, ``rm``, ``repair``, ``rpc`` and ``keygen``.
 
-A ring is named as in the API: ``jobs`` or ``/jobs`` is the shared-memory
+``ls``, ``info``, ``rm`` and ``repair`` work on rings and on topics
+(``Publisher``/``Subscriber`` segments) alike.  A ring is named as in the API: ``jobs`` or ``/jobs`` is the shared-memory
 segment ``/dev/shm/jobs``.  A ring in a file is given by its path, which
 must start with ``./``, ``../`` or be absolute with a directory
 (``./ring``, ``/mnt/vol/ring``), the way a shell tells a path from a name.
@@ -22,10 +23,13 @@ from typing import Any, Dict, List, Optional, Sequence
 # Only the defaults: the harness itself is imported when `pyipc bench` runs.
 from .bench import DEFAULT_DURATION, DEFAULT_REPEAT, LATENCY_SIZE
 from ._util import format_size, shm_name
+from ._core import ffi, lib
 from .errors import CorruptedError
-from .ring import RingBuffer, attach_for_repair
+from .ring import RingBuffer, _where, attach_for_repair
+from .topic import Publisher
+from .topic import attach_for_repair as attach_topic_for_repair
 
-__all__ = ["main", "SHM_DIR", "pid_alive", "list_rings", "is_path"]
+__all__ = ["main", "SHM_DIR", "pid_alive", "list_rings", "list_topics", "is_path"]
 
 SHM_DIR = "/dev/shm"
 
@@ -100,8 +104,42 @@ def list_rings(directory: str = SHM_DIR) -> List[Dict[str, Any]]:
             # Anything else the kernel says about someone else's file (a
             # size it cannot map, say) also means "not one of our rings".
             continue
-        rings.append({"name": shown, **info})
+        rings.append({"name": shown, "kind": "ring", **info})
     return rings
+
+
+def _is_topic(arg: str) -> bool:
+    """Does the segment ``arg`` say it is a topic (without attaching)?"""
+    try:
+        kw = _ring_args(arg)
+        where, flags, _ = _where(kw.get("name"), kw.get("path"))
+    except ValueError:
+        return False
+    probe = ffi.new("struct pyipc_seg_probe *")
+    return bool(lib.pyipc_seg_probe(where, flags, probe) == 0 and probe.magic_ok
+                and probe.version == lib.PYIPC_LAYOUT_VERSION and probe.kind == lib.PYIPC_KIND_TOPIC)
+
+
+def list_topics(directory: str = SHM_DIR) -> List[Dict[str, Any]]:
+    """``info()`` of every pyipc topic in ``directory``, with its ``name`` and
+    ``subscriber_info()`` as ``subscribers_detail``; other files are skipped
+    as ``list_rings`` skips them."""
+    topics = []
+    in_shm = os.path.realpath(directory) == os.path.realpath(SHM_DIR)
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        shown = entry.name if in_shm else entry.path
+        try:
+            kw: Dict[str, Any] = {"name": entry.name} if in_shm else {"path": entry.path}
+            with Publisher(**kw) as topic:
+                info = topic.info()
+                info["subscribers"] = topic.subscribers
+                subs = topic.subscriber_info()
+        except (CorruptedError, ValueError, OSError):
+            continue
+        topics.append({"name": shown, "kind": "topic", **info, "subscribers_detail": subs})
+    return topics
 
 
 def _open(arg: str) -> RingBuffer:
@@ -143,14 +181,43 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         rings = list_rings(where)
     except OSError as exc:
         raise _OperationalError(f"cannot read {where}: {exc.strerror}") from None
-    for info in rings:
+    topics = list_topics(where)
+    for info in rings + topics:
         info["creator_alive"] = pid_alive(info["creator_pid"])
     if args.json:
-        print(json.dumps(rings, indent=2))
+        print(json.dumps(rings + topics, indent=2))
         return EXIT_OK
-    if not rings:
-        print(f"no pyipc rings in {where}")
+    if not rings and not topics:
+        print(f"no pyipc rings or topics in {where}")
         return EXIT_OK
+    if rings:
+        _print_rings(rings)
+    if topics:
+        if rings:
+            print()
+        _print_topics(topics)
+    return EXIT_OK
+
+
+def _alive_word(alive: Optional[bool]) -> str:
+    return "unknown" if alive is None else ("yes" if alive else "no")
+
+
+def _print_topics(topics: List[Dict[str, Any]]) -> None:
+    width = max(len("TOPIC"), *(len(t["name"]) for t in topics))
+    print(f"{'TOPIC':<{width}}  {'CAPACITY':>10}  {'OVERFLOW':>9}  {'SUBS':>4}  {'PUBLISHED':>10}  "
+          f"{'RETAINED':>9}  {'MAX LAG':>8}  {'CREATOR':>8}  ALIVE")
+    for t in topics:
+        lag = max((s["lag"] for s in t["subscribers_detail"]), default=0)
+        print(f"{t['name']:<{width}}  {t['capacity']:>10}  {_OVERFLOW[t['overflow']]:>9}  "
+              f"{t['subscribers']:>4}  {t['published']:>10}  {t['retained']:>9}  {lag:>8}  "
+              f"{t['creator_pid']:>8}  {_alive_word(t['creator_alive'])}")
+
+
+_OVERFLOW = {0: "block", 1: "overwrite"}
+
+
+def _print_rings(rings: List[Dict[str, Any]]) -> None:
     width = max(len("NAME"), *(len(r["name"]) for r in rings))
     print(f"{'NAME':<{width}}  {'CAPACITY':>10}  {'MESSAGES':>9}  {'USED':>10}  "
           f"{'LEASES':>6}  {'CREATOR':>8}  ALIVE")
@@ -159,14 +226,63 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         print(f"{r['name']:<{width}}  {r['capacity']:>10}  {r['messages']:>9}  "
               f"{r['bytes_used']:>10}  {r['reserves'] + r['views']:>6}  {r['creator_pid']:>8}  "
               f"{'unknown' if alive is None else ('yes' if alive else 'no')}")
-    return EXIT_OK
 
 
 _SHUTDOWN = {0: "open", 1: "shut down", 2: "shut down immediately", 3: "damaged (see pyipc repair)"}
 
 
+def _topic_info(args: argparse.Namespace) -> int:
+    try:
+        topic = Publisher(**_ring_args(args.name))
+    except CorruptedError as exc:
+        raise _OperationalError(str(exc)) from None
+    except PermissionError:
+        raise _OperationalError(f"permission denied: {args.name!r}") from None
+    with topic:
+        info = topic.info()
+        info["subscribers"] = topic.subscribers  # dead ones detached first
+        subs = topic.subscriber_info()
+        name = topic.path or topic.name
+    if args.json:
+        print(json.dumps({"name": name, "kind": "topic", **info,
+                          "creator_alive": pid_alive(info["creator_pid"]), "subscribers_detail": subs},
+                         indent=2))
+        return EXIT_OK
+    rows = [
+        ("name", str(name)),
+        ("kind", "topic"),
+        ("capacity", f"{info['capacity']} ({format_size(info['capacity'])})"),
+        ("max_message_size", str(info["max_message_size"])),
+        ("overflow", _OVERFLOW.get(info["overflow"], str(info["overflow"]))),
+        ("version", str(info["version"])),
+        ("shutdown", _SHUTDOWN.get(info["shutdown"], str(info["shutdown"]))),
+        ("creator_pid", f"{info['creator_pid']} ({_alive_text(info['creator_pid'])})"),
+        ("lock recoveries", str(info["recoveries"])),
+        ("published", str(info["published"])),
+        ("bytes_published", str(info["bytes_published"])),
+        ("retained", str(info["retained"])),
+        ("bytes_used", str(info["bytes_used"])),
+        ("publish_waits", str(info["publish_waits"])),
+        ("open reservations", str(info["reserves"])),
+        ("subscribers", f"{info['subscribers']} of {info['max_subscribers']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    if subs:
+        print()
+        print(f"{'SLOT':>4}  {'LAG':>8}  {'RECEIVED':>10}  {'MISSED':>8}  {'VIEWS':>5}  {'WAITS':>8}  ALIVE")
+        for sub in subs:
+            alive = {1: "yes", 0: "no", 2: "unknown"}.get(sub["alive"], "?")
+            print(f"{sub['slot']:>4}  {sub['lag']:>8}  {sub['received']:>10}  {sub['missed']:>8}  "
+                  f"{sub['views']:>5}  {sub['waits']:>8}  {alive}")
+    return EXIT_OK
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     _check_names([args.name])
+    if _is_topic(args.name):
+        return _topic_info(args)
     with _open(args.name) as ring:
         info = ring.info()
         stats = ring.stats()
@@ -210,6 +326,9 @@ def _cmd_rm(args: argparse.Namespace) -> int:
             if args.force:
                 # No attach: a corrupted segment is exactly what --force is for.
                 os.unlink(name if is_path(name) else os.path.join(SHM_DIR, shm_name(name)))
+            elif _is_topic(name):
+                with Publisher(**_ring_args(name)) as topic:
+                    topic.unlink()
             else:
                 with RingBuffer(**_ring_args(name)) as ring:
                     ring.unlink()
@@ -236,8 +355,9 @@ def _cmd_rm(args: argparse.Namespace) -> int:
 
 def _cmd_repair(args: argparse.Namespace) -> int:
     _check_names([args.name])
+    topic = _is_topic(args.name)
     try:
-        ring = attach_for_repair(**_ring_args(args.name))
+        ring: Any = (attach_topic_for_repair if topic else attach_for_repair)(**_ring_args(args.name))
     except FileNotFoundError:
         raise _OperationalError(f"no ring named {args.name!r}") from None
     except CorruptedError as exc:
@@ -253,11 +373,30 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         except (OSError, CorruptedError) as exc:  # a lock a live holder keeps (EBUSY)
             raise _OperationalError(getattr(exc, "strerror", None) or str(exc)) from None
     print(f"repaired {args.name}: dropped {dropped} message{'s' if dropped != 1 else ''}, "
-          f"{queued} still queued")
+          f"{queued} still {'retained' if topic else 'queued'}")
+    return EXIT_OK
+
+
+def _cmd_bench_topic(args: argparse.Namespace) -> int:
+    from .bench import topic as topic_bench
+
+    progress = None if args.quiet else (lambda s: print(f"pyipc bench --topic: {s}", file=sys.stderr))
+    names = None
+    if args.transports is not None:
+        names = [n.strip() for n in args.transports.split(",") if n.strip()]
+        unknown = [n for n in names if n not in topic_bench.CONTENDERS]
+        if unknown or not names:
+            raise _UsageError(f"unknown contender(s): {', '.join(unknown) or '(none given)'}; "
+                              f"known: {', '.join(topic_bench.CONTENDERS)}")
+    report = topic_bench.run_topic_bench(seconds=max(0.5, args.duration), repeat=args.repeat,
+                                         names=names, progress=progress)
+    print(topic_bench.format_topic_table(report))
     return EXIT_OK
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.topic:
+        return _cmd_bench_topic(args)
     from .bench import output, runner, transports
 
     if args.list:
@@ -362,20 +501,27 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png",
                    help="also draw a bar chart (log scale; needs matplotlib)")
     b.add_argument("--list", action="store_true", help="list the transports and exit")
+    b.add_argument("--topic", action="store_true",
+                   help="broadcast instead: one publisher, 1 and 4 subscriber processes, "
+                        "pyipc topics beside ZeroMQ XPUB/SUB, iceoryx2 and multiprocessing.Queue")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(func=_cmd_bench)
 
-    ls = sub.add_parser("ls", help="list the pyipc rings in /dev/shm (or a directory)",
+    ls = sub.add_parser("ls", help="list the pyipc rings and topics in /dev/shm (or a directory)",
                         description="List the pyipc rings in /dev/shm (or in DIR) with "
                                     "capacity, queued messages, open leases and whether "
-                                    "their creator is alive.")
+                                    "their creator is alive, then the topics with their "
+                                    "subscribers, messages published and retained, and the "
+                                    "largest subscriber lag.")
     ls.add_argument("dir", nargs="?", metavar="DIR", help="a directory of rings in files")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=_cmd_ls)
 
-    info = sub.add_parser("info", help="show a ring's header and counters",
+    info = sub.add_parser("info", help="show a ring's or a topic's header and counters",
                           description="Show a ring's header (capacity, max message size, "
-                                      "version, shutdown state, creator) and its counters.")
+                                      "version, shutdown state, creator) and its counters; "
+                                      "for a topic, also each attached subscriber's lag, "
+                                      "messages received and missed.")
     info.add_argument("name", metavar="NAME", help="the ring's name (leading / optional) or path")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_cmd_info)

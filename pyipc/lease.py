@@ -19,11 +19,16 @@ in C.  At the end of the ``with`` block the lease releases its view; if the
 chain survives that, something still exports the memory: the exit raises
 ``BufferError`` and the lease ends later, when the chain dies (a
 reservation is then dropped, never published).
+
+The same leases serve every kind of segment: the owner passes the C
+functions that end its leases (a ring's by default, a topic's for
+``Publisher.reserve`` and ``Subscriber.view``), which take the same
+``struct pyipc_lease``.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ._core import ffi, lib
 from .errors import RC_EINTR
@@ -44,15 +49,17 @@ os.register_at_fork(after_in_child=lambda: _generation.__setitem__(0, _generatio
 class _Token:
     """Ends one lease in C, exactly once, in the process that took it."""
 
-    __slots__ = ("h", "lease", "publish", "done", "rc", "gen")
+    __slots__ = ("h", "lease", "publish", "done", "rc", "gen", "fn")
 
-    def __init__(self, h: Any, lease: Any, publish: Optional[bool]) -> None:
-        self.h = h  # the ring's C handle: kept alive (and mapped) by us
+    def __init__(self, h: Any, lease: Any, publish: Optional[bool], fn: Any = None) -> None:
+        self.h = h  # the segment's C handle: kept alive (and mapped) by us
         self.lease = lease  # struct pyipc_lease *
         self.publish = publish  # None: a view; True/False: a reservation
         self.done = False
         self.rc = 0
         self.gen = _generation[0]
+        # release(h, lease) for a view, commit(h, lease, publish) for a reservation
+        self.fn: Callable[..., int] = fn if fn is not None else (_c_release if publish is None else _c_commit)
 
     def end(self, _ptr: Any = None) -> None:
         if self.done:
@@ -62,19 +69,20 @@ class _Token:
             return  # a forked child's copy: the lease is the parent's
         while True:
             if self.publish is None:
-                rc = _c_release(self.h, self.lease)
+                rc = self.fn(self.h, self.lease)
             else:
-                rc = _c_commit(self.h, self.lease, 1 if self.publish else 0)
+                rc = self.fn(self.h, self.lease, 1 if self.publish else 0)
             if rc != RC_EINTR:
                 break
         self.rc = rc
 
 
 class _Lease:
-    __slots__ = ("_ring", "_size", "_block", "_timeout", "_view", "_token")
+    __slots__ = ("_ring", "_size", "_block", "_timeout", "_view", "_token", "_fn")
 
-    def __init__(self, ring: Any, size: int, block: bool, timeout: Optional[float]) -> None:
-        self._ring = ring
+    def __init__(self, ring: Any, size: int, block: bool, timeout: Optional[float], fn: Any = None) -> None:
+        self._ring = ring  # whatever made the lease: a RingBuffer, Publisher or Subscriber
+        self._fn = fn  # the C function that ends it (None: the ring's)
         self._size = size
         self._block = block
         self._timeout = timeout
@@ -129,7 +137,7 @@ class Reservation(_Lease):
 
     def __enter__(self) -> memoryview:
         h, lease = self._ring._reserve_raw(self._size, self._block, self._timeout)
-        return self._wrap(_Token(h, lease, True), readonly=False)
+        return self._wrap(_Token(h, lease, True, self._fn), readonly=False)
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None and self._token is not None:
@@ -149,7 +157,7 @@ class View(_Lease):
 
     def __enter__(self) -> memoryview:
         h, lease = self._ring._view_raw(self._block, self._timeout)
-        return self._wrap(_Token(h, lease, None), readonly=True)
+        return self._wrap(_Token(h, lease, None, self._fn), readonly=True)
 
     def __exit__(self, *_: Any) -> None:
         self._finish()

@@ -135,8 +135,9 @@ def _int_arg(value: Any, what: str, low: int, high: int) -> int:
     return v
 
 
-def corrupted(where: bytes, flags: int, what: str) -> CorruptedError:
-    """A CorruptedError that says what the segment at ``where`` is."""
+def corrupted(where: bytes, flags: int, what: str, kind: int = lib.PYIPC_KIND_RING) -> CorruptedError:
+    """A CorruptedError that says what the segment at ``where`` is, when
+    something of ``kind`` (a ring or a topic) was expected there."""
     probe = ffi.new("struct pyipc_seg_probe *")
     if lib.pyipc_seg_probe(where, flags, probe) < 0 or not probe.magic_ok:
         return CorruptedError(f"{what!r} is not a pyipc segment")
@@ -145,9 +146,11 @@ def corrupted(where: bytes, flags: int, what: str) -> CorruptedError:
             f"{what!r} has pyipc layout version {probe.version}, this pyipc reads version "
             f"{lib.PYIPC_LAYOUT_VERSION}: remove it (pyipc rm) and create it again"
         )
-    if probe.kind == lib.PYIPC_KIND_TOPIC:
+    if probe.kind == lib.PYIPC_KIND_TOPIC and kind != lib.PYIPC_KIND_TOPIC:
         return CorruptedError(f"{what!r} is a pyipc topic, not a ring: use Publisher or Subscriber")
-    if probe.kind != lib.PYIPC_KIND_RING:
+    if probe.kind == lib.PYIPC_KIND_RING and kind != lib.PYIPC_KIND_RING:
+        return CorruptedError(f"{what!r} is a pyipc ring, not a topic: use RingBuffer (or Queue)")
+    if probe.kind not in (lib.PYIPC_KIND_RING, lib.PYIPC_KIND_TOPIC):
         return CorruptedError(f"{what!r} is a pyipc segment of an unknown kind ({probe.kind})")
     return CorruptedError(f"{what!r} fails validation: its header is damaged")
 

@@ -21,6 +21,12 @@ EXPECTED = {
         r"asyncio_service: the heartbeat ticked \d+ times",
         r"asyncio_service: served 100 requests from 2 clients, clients ok: True",
     ],
+    "topic_frames.py": [
+        r"topic_frames: 60 frames of 1920x1080 RGB published",
+        r"topic_frames: summer checked 60 frames, sums ok: True",
+        r"topic_frames: writer wrote 6 frames \(6 files\)",
+        r"topic_frames: slow subscriber got \d+, missed \d+, got \+ missed == published: True, in order: True",
+    ],
     "rpc_worker_pool.py": [
         r"rpc_worker_pool: 50 calls, 5133 primes below 50000, [2-9] servers used, "
         r"exit codes \[0\]",
@@ -28,11 +34,12 @@ EXPECTED = {
 }
 
 # Examples that make no Queue; their RPC rings are looked for by name.
-NO_QUEUES = {"rpc_worker_pool.py"}
+NO_QUEUES = {"rpc_worker_pool.py", "topic_frames.py"}
 
 
 def _rpc_rings() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("pyipc-rpc-")}
+    """RPC rings, and the topics of topic_frames.py, by the names they make."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(("pyipc-rpc-", "pyipc-frames-"))}
 
 # Runs an example as __main__ under a chosen start method, and reports on
 # stderr the name of every Queue the program creates, so that the test can
@@ -79,7 +86,7 @@ def test_example_runs_and_cleans_up(script: str, method: str) -> None:
     assert proc.returncode == 0, proc.stderr
     for pattern in EXPECTED[script]:
         assert re.search(pattern, proc.stdout), proc.stdout
-    assert not _rpc_rings() - rings_before, "RPC rings left in /dev/shm"
+    assert not _rpc_rings() - rings_before, "RPC rings or topics left in /dev/shm"
     names = re.findall(r"^created-queue (\S+)$", proc.stderr, flags=re.MULTILINE)
     assert names or script in NO_QUEUES, proc.stderr
     left = [n for n in names if os.path.exists(f"/dev/shm/{n}")]
