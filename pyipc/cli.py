@@ -361,6 +361,9 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise _OperationalError(f"no ring named {args.name!r}") from None
     except CorruptedError as exc:
+        if topic:
+            raise _OperationalError(f"{args.name!r} says it is a pyipc topic but fails validation as one "
+                                    "(pyipc rm --force removes it)") from None
         raise _OperationalError(f"{exc} (pyipc rm --force removes it)") from None
     except PermissionError:
         raise _OperationalError(f"permission denied: {args.name!r}") from None
@@ -394,9 +397,46 @@ def _cmd_bench_topic(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench_leases(args: argparse.Namespace) -> int:
+    from .bench import leases, runner
+
+    try:
+        sizes = runner.parse_sizes(args.sizes) if args.sizes else list(leases.DEFAULT_SIZES)
+    except ValueError as exc:
+        raise _UsageError(f"--sizes: {exc}") from None
+    if any(size % 8 for size in sizes):
+        raise _UsageError("--sizes: --leases needs multiples of 8 bytes")
+    names = None
+    if args.transports is not None:
+        names = [n.strip() for n in args.transports.split(",") if n.strip()]
+        unknown = [n for n in names if n not in leases.CONTENDERS]
+        if unknown or not names:
+            raise _UsageError(f"unknown contender(s): {', '.join(unknown) or '(none given)'}; "
+                              f"known: {', '.join(leases.CONTENDERS)}")
+    progress = None if args.quiet else (lambda s: print(f"pyipc bench --leases: {s}", file=sys.stderr))
+    report = leases.run_lease_bench(sizes, names=names, repeat=args.repeat, progress=progress)
+    print(leases.format_lease_table(report))
+    if args.json:
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=2)
+        except OSError as exc:
+            raise _OperationalError(f"cannot write {exc.filename}: {exc.strerror}") from None
+    return EXIT_OK
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.topic:
         return _cmd_bench_topic(args)
+    if args.leases:
+        return _cmd_bench_leases(args)
+    if args.async_:
+        if not args.latency:
+            raise _UsageError("--async goes with --latency (pyipc bench --latency --async)")
+        from .bench import aio
+
+        aio.main(args.repeat)
+        return EXIT_OK
     from .bench import output, runner, transports
 
     if args.list:
@@ -504,6 +544,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--topic", action="store_true",
                    help="broadcast instead: one publisher, 1 and 4 subscriber processes, "
                         "pyipc topics beside ZeroMQ XPUB/SUB, iceoryx2 and multiprocessing.Queue")
+    b.add_argument("--leases", action="store_true",
+                   help="large messages filled and summed: zero-copy leases beside copies, "
+                        "Queue, iceoryx2, shared_memory and multiprocessing.Queue "
+                        "(default sizes 1M,16M,64M)")
+    b.add_argument("--async", dest="async_", action="store_true",
+                   help="with --latency: asyncio round trips and throughput beside pyzmq's "
+                        "asyncio sockets and an asyncio UNIX stream, and the idle cost of waiters")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(func=_cmd_bench)
 

@@ -245,3 +245,31 @@ def test_channel_rows_get_their_baseline_ratio() -> None:
     table = output.format_table(report)
     assert "against the same kernel primitive" in table
     assert "pipe-batch" in table.split("against the same kernel primitive")[1]
+
+
+@pytest.mark.timeout(300)
+def test_lease_bench_moves_whole_messages() -> None:
+    """pyipc bench --leases: every contender that runs delivers whole, checked messages, and the table shows them against the limit."""
+    pytest.importorskip("numpy")
+    from pyipc.bench import leases
+
+    sizes = [64 << 10]
+    report = leases.run_lease_bench(sizes, names=["lease", "put/get_into", "queue", "shared_memory"], repeat=1)
+    for name in ("lease", "put/get_into", "queue", "shared_memory"):
+        cell = report["cells"][f"{name}@{sizes[0]}"]
+        assert cell["ok"] and cell["rate"] > 0, (name, cell)
+    table = leases.format_lease_table(report)
+    assert "lease/copy" in table and "own cost per leased message" in table
+    assert report["lease_cost_us"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_bench_modes_reject_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    """--async needs --latency, --leases needs whole 8-byte sizes: one-line usage errors."""
+    from pyipc.cli import main
+
+    assert main(["bench", "--async"]) == 2
+    assert main(["bench", "--leases", "--sizes", "3"]) == 2
+    assert main(["bench", "--leases", "--transports", "nope"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("pyipc: ") for line in err)
