@@ -23,8 +23,8 @@ from typing import Callable, Dict, Iterator, List
 
 import pytest
 
-from crash_helpers import Proc, Segment, Zygote, check_delivery, percentile, read_reports, read_status, wait_until
-from pyipc import Empty, RingBuffer
+from crash_helpers import LOCKS, Proc, Segment, Zygote, check_delivery, percentile, read_reports, read_status, wait_until
+from pyipc import Empty, Full, RingBuffer
 from pyipc._core import lib
 
 SLOW = pytest.mark.skipif(not os.environ.get("PYIPC_SLOW"), reason="long variant: set PYIPC_SLOW=1 to run it")
@@ -298,5 +298,41 @@ def test_dead_holder_owner_id_not_claimed_by_forked_child(shm_name: Callable[[],
             st = forker.status()
             assert st["child_owner"] != owner and st.get("child_ok") == 1, st
             assert ring.info()["recoveries"] == 1
+        finally:
+            seg.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("side", ["prod", "cons"])
+def test_nonblocking_call_against_live_holder(shm_name: Callable[[], str], side: str) -> None:
+    """``block=False`` (and ``timeout=0``) against a lock a live handle holds: the call gives
+    up with Full/Empty after waiting at most about one 100 ms slice for the lock (the README's
+    limit), never takes the lock over, and the ring works once the holder lets go."""
+    name = shm_name()
+    with RingBuffer(name, create=True, capacity=1 << 16) as ring, RingBuffer(name) as other:
+        seg = Segment(name)
+        try:
+            if side == "cons":
+                ring.put(b"queued")
+            # Another handle, alive and attached, named as the holder.
+            seg.set_u32(LOCKS[side], other.info()["owner"])
+            for call in ("nowait", "zero"):
+                t0 = time.monotonic()
+                with pytest.raises(Full if side == "prod" else Empty):
+                    if side == "prod":
+                        ring.put_nowait(b"m") if call == "nowait" else ring.put(b"m", timeout=0)
+                    else:
+                        ring.get_nowait() if call == "nowait" else ring.get(timeout=0)
+                waited = time.monotonic() - t0
+                # Functional, generous bound: it returned (one slice, not for ever).
+                assert waited < 5.0, f"{call}: waited {waited:.3f} s"
+                assert seg.holder(side) == other.info()["owner"], "a live holder's lock was taken over"
+            assert ring.info()["recoveries"] == 0
+            seg.set_u32(LOCKS[side], 0)
+            if side == "prod":
+                ring.put_nowait(b"m")
+                assert ring.get_nowait() == b"m"
+            else:
+                assert ring.get_nowait() == b"queued"
         finally:
             seg.close()
