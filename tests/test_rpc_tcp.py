@@ -318,6 +318,25 @@ def test_nobody_listening(keys: Dict[str, str]) -> None:
         H.connect(f"tcp://127.0.0.1:{port}", keys, timeout=0.5)
 
 
+@pytest.mark.timeout(90)
+def test_cli_calls_a_tcp_server_with_key_files(servers: Servers, keys: Dict[str, str]) -> None:
+    """`pyipc rpc call tcp://... --server-key --secret-key` prints the result;
+    without the keys, or with a key the server never allowed, it fails with 1."""
+    address, _ = servers.start()
+
+    def run(*extra: str) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([sys.executable, "-m", "pyipc", "rpc", "call", address, "add",
+                               "1", "2", "-k", "c=3", "--timeout", "3", *extra],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    out = run("--server-key", keys["server"], "--secret-key", keys["client_secret"])
+    assert (out.returncode, out.stdout) == (0, "6\n"), out.stderr
+    out = run()
+    assert out.returncode == 1 and "ValueError" in out.stderr and "secret_key" in out.stderr
+    out = run("--server-key", keys["server"], "--secret-key", keys["other_secret"])
+    assert out.returncode == 1 and "PermissionError" in out.stderr, out.stderr
+
+
 # ---- keygen ----------------------------------------------------------------------
 
 

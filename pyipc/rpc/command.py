@@ -5,6 +5,9 @@
   line).  Each ARG and VALUE is read as a Python literal (``3``, ``'a'``,
   ``[1, 2]``, ``None``) and otherwise taken as a string.
 * ``pyipc rpc notify ADDRESS METHOD [ARG ...]`` sends a one-way call.
+* For a ``tcp://`` ADDRESS, ``--server-key FILE`` (the server's public key)
+  and ``--secret-key FILE`` (this client's secret key) are required: the
+  key files ``pyipc keygen`` writes.
 * ``pyipc rpc ls`` lists the named servers' sockets in the per-user
   directory and whether a server is listening on each.
 
@@ -79,8 +82,13 @@ def _cmd_call(args: argparse.Namespace) -> int:
         print(f"pyipc: {exc}", file=sys.stderr)
         return 2
     positional = [_literal(a) for a in args.args]
+    keys: Dict[str, Any] = {}
+    if args.server_key is not None:
+        keys["server_key"] = args.server_key
+    if args.secret_key is not None:
+        keys["secret_key"] = args.secret_key
     try:
-        with connect(args.address, timeout=args.timeout) as client:
+        with connect(args.address, timeout=args.timeout, **keys) as client:
             if args.command == "notify":
                 client.notify(args.method, *positional, **kwargs)
                 return 0
@@ -120,13 +128,17 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     for name, help_text in (("call", "call a method and print its result"),
                             ("notify", "send a one-way call")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("address", metavar="ADDRESS", help="a server name or socket path")
+        p.add_argument("address", metavar="ADDRESS", help="a server name, socket path or tcp://host:port")
         p.add_argument("method", metavar="METHOD")
         p.add_argument("args", nargs="*", metavar="ARG", help="arguments, as Python literals")
         p.add_argument("-k", "--kwarg", action="append", metavar="NAME=VALUE",
                        help="a keyword argument (repeatable)")
         p.add_argument("--timeout", type=float, default=10.0,
                        help="seconds for the connection and the call (default 10)")
+        p.add_argument("--server-key", metavar="FILE",
+                       help="tcp:// only: the server's public key file")
+        p.add_argument("--secret-key", metavar="FILE",
+                       help="tcp:// only: this client's secret key file")
         p.set_defaults(func=_cmd_call)
     ls = sub.add_parser("ls", help="list named servers")
     ls.add_argument("--json", action="store_true", help="print JSON")
