@@ -2,7 +2,7 @@
 
 A no-op ``f(x) -> x`` with a small int and with 1 KiB of bytes, the server
 in a child process pinned to one CPU and the client in this process pinned
-to the other (``pyipc.bench.pick_cpus``; unpinned on a one-CPU machine).
+to the other (``pyipc.bench.runner.pick_cpus``; unpinned on a one-CPU machine).
 Side by side in the same run: ``multiprocessing.managers.BaseManager``, a
 ``multiprocessing.connection`` request/reply loop, grpcio over a UNIX socket
 (sync, and ``grpc.aio`` on both sides), Pyro5, RPyC and a raw pyzmq REQ/REP
@@ -47,7 +47,7 @@ try:
 except ImportError:  # the standalone mode needs no pytest
     pytest = None  # type: ignore[assignment]
 
-from pyipc.bench import pick_cpus
+from pyipc.bench.runner import pick_cpus
 
 PAYLOADS: Dict[str, Any] = {"int": 12345, "1KiB": b"\xa5" * 1024}
 PIPELINE = 1000  # calls in flight for `submit`

@@ -273,3 +273,23 @@ def test_bench_modes_reject_bad_arguments(capsys: pytest.CaptureFixture[str]) ->
     assert main(["bench", "--leases", "--transports", "nope"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("pyipc: ") for line in err)
+
+
+@pytest.mark.timeout(120)
+def test_benches_directory_collects() -> None:
+    """Every module in benches/ imports and pytest collects it (a moved helper
+    once broke `python benches/bench_rpc.py` with nothing else noticing)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    benches = os.path.join(root, "benches")
+    if not os.path.isdir(benches):
+        pytest.skip("benches/ is not beside the tests (an installed copy is tested)")
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                          "-p", "no:cacheprovider", benches],
+                         capture_output=True, text=True, timeout=100, cwd=root, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for module in sorted(os.listdir(benches)):
+        if module.startswith("bench_") and module.endswith(".py"):
+            assert f"benches/{module}::" in out.stdout, f"{module} collected nothing"
