@@ -425,7 +425,32 @@ def _cmd_bench_leases(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench_rpc(args: argparse.Namespace) -> int:
+    from .bench import rpc
+
+    known = rpc.TCP_CONTENDERS if args.tcp else rpc.CONTENDERS
+    names = None
+    if args.transports is not None:
+        names = [n.strip() for n in args.transports.split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise _UsageError(f"unknown contender(s): {', '.join(unknown) or '(none given)'}; "
+                              f"known: {', '.join(known)}")
+    if args.duration <= 0:
+        raise _UsageError("--duration must be a positive number of seconds")
+    argv = ["--duration", str(args.duration)]
+    if names:
+        argv += ["--only", ",".join(names)]
+    if args.tcp:
+        argv.append("--tcp")
+    return rpc.main(argv)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.tcp and not args.rpc:
+        raise _UsageError("--tcp goes with --rpc (pyipc bench --rpc --tcp)")
+    if args.rpc:
+        return _cmd_bench_rpc(args)
     if args.topic:
         return _cmd_bench_topic(args)
     if args.leases:
@@ -551,6 +576,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--async", dest="async_", action="store_true",
                    help="with --latency: asyncio round trips and throughput beside pyzmq's "
                         "asyncio sockets and an asyncio UNIX stream, and the idle cost of waiters")
+    b.add_argument("--rpc", action="store_true",
+                   help="pyipc.rpc calls (f(x) -> x; submit, acall, idle cost) beside "
+                        "multiprocessing.managers, multiprocessing.connection, grpcio, Pyro5, "
+                        "RPyC and pyzmq REQ/REP")
+    b.add_argument("--tcp", action="store_true",
+                   help="with --rpc: tcp:// on loopback, pyipc.rpc (CurveZMQ) beside grpcio "
+                        "(insecure, TLS) and raw pyzmq (plain, CurveZMQ)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(func=_cmd_bench)
 

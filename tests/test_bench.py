@@ -271,8 +271,32 @@ def test_bench_modes_reject_bad_arguments(capsys: pytest.CaptureFixture[str]) ->
     assert main(["bench", "--async"]) == 2
     assert main(["bench", "--leases", "--sizes", "3"]) == 2
     assert main(["bench", "--leases", "--transports", "nope"]) == 2
+    assert main(["bench", "--tcp"]) == 2
+    assert main(["bench", "--rpc", "--transports", "nope"]) == 2
+    assert main(["bench", "--rpc", "--tcp", "--transports", "mp.managers"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 3 and all(line.startswith("pyipc: ") for line in err)
+    assert len(err) == 6 and all(line.startswith("pyipc: ") for line in err)
+
+
+@pytest.mark.timeout(120)
+def test_bench_rpc_prints_its_table() -> None:
+    """`pyipc bench --rpc` (the installed command, not only benches/) measures
+    pyipc.rpc beside a baseline: sequential, submit and acall rows, then the
+    idle cost."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pyipc", "bench", "--rpc", "--transports",
+                          "pyipc.rpc,mp.connection", "--duration", "0.2"],
+                         capture_output=True, text=True, timeout=110, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    names = {(r[0], r[1]) for r in rows if r}
+    for payload in ("int", "1KiB"):
+        assert ("pyipc.rpc", payload) in names and ("mp.connection", payload) in names
+    assert sum(1 for r in rows if r[:2] == ["pyipc.rpc", "submit"]) == 2
+    assert sum(1 for r in rows if r[:2] == ["pyipc.rpc", "acall"]) == 2
+    assert "idle pyipc.rpc server:" in out.stdout
 
 
 @pytest.mark.timeout(120)
