@@ -765,3 +765,43 @@ def test_idle_server_and_client_sleep(servers: ServerProcs) -> None:
     # A thread spinning would use the whole 2 s; sleeping ones wake every
     # 100 ms for a few microseconds.
     assert server_cpu < 0.2 and client_cpu < 0.2, (server_cpu, client_cpu)
+
+
+# ---- the workers bound ------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_worker_slots_bound_and_never_lose_a_wakeup() -> None:
+    """The server's `workers` semaphore: at most n holders at once, a
+    non-blocking acquire fails when all are taken, and 16 threads trading
+    3 slots 2,000 times each all finish (a lost wake-up would hang)."""
+    from pyipc.rpc.server import _WorkerSlots
+
+    slots = _WorkerSlots(3)
+    assert all(slots.acquire(False) for _ in range(3))
+    assert not slots.acquire(False)
+    for _ in range(3):
+        slots.release()
+
+    lock = threading.Lock()
+    inside = [0, 0]  # now, most seen
+
+    def work() -> None:
+        for i in range(2000):
+            with slots:
+                with lock:
+                    inside[0] += 1
+                    inside[1] = max(inside[1], inside[0])
+                if i % 100 == 0:
+                    time.sleep(0.0005)
+                with lock:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)
+    assert not any(t.is_alive() for t in threads), "a thread never got a slot"
+    assert inside == [0, 3]
+    assert all(slots.acquire(False) for _ in range(3)) and not slots.acquire(False)

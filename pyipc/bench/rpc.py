@@ -408,11 +408,14 @@ def measure_pipelined(payload: str, duration: float,
     server = Running("pyipc.rpc", cpus)
     try:
         _pin(cpus[0])
+        pid = server.proc.pid
+        assert pid is not None
         with pyipc.rpc.connect(server.path, timeout=10) as c:
             submit = c.submit
             calls = 0
             rounds: List[int] = []
             end = time.monotonic() + duration
+            s0, c0 = _cpu(pid), time.process_time()
             t0 = time.perf_counter()
             while time.monotonic() < end:
                 a = time.perf_counter_ns()
@@ -422,10 +425,16 @@ def measure_pipelined(payload: str, duration: float,
                 rounds.append((time.perf_counter_ns() - a) // PIPELINE)
                 calls += PIPELINE
             elapsed = time.perf_counter() - t0
+            # CPU per call on each side: which one limits the rate.
+            server_us = (_cpu(pid) - s0) / calls * 1e6
+            client_us = (time.process_time() - c0) / calls * 1e6
     finally:
         os.sched_setaffinity(0, before)
         server.stop()
-    out = _summary("pyipc.rpc submit", payload, rounds, elapsed, f"{PIPELINE} in flight")
+    out = _summary("pyipc.rpc submit", payload, rounds, elapsed,
+                   f"{PIPELINE} in flight; CPU/call: client {client_us:.1f} us, "
+                   f"server {server_us:.1f} us")
+    out["client_cpu_us"], out["server_cpu_us"] = client_us, server_us
     out["calls"] = calls
     out["calls_per_s"] = calls / elapsed
     out["p50_us"] = out["p99_us"] = float("nan")  # no per-call latency

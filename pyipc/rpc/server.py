@@ -90,12 +90,64 @@ class _ThreadState:
         self.started = 0  # calls taken so far
 
 
+class _WorkerSlots:
+    """A counting semaphore for the ``workers`` bound whose uncontended
+    acquire and release cost one ``deque`` operation each.
+
+    ``threading.BoundedSemaphore`` takes a ``Condition`` on both sides,
+    ~0.9 us per call here, a quarter of a server's whole cost of a
+    no-op call.  The free slots are tokens in a deque: ``pop`` and
+    ``append`` are each atomic.  Only a thread that finds none takes the
+    condition; it counts itself in ``waiting`` under the condition's lock
+    *before* it looks again, so a release either comes before that look
+    (and the look finds the token) or sees ``waiting`` and notifies.
+    """
+
+    __slots__ = ("_free", "_cond", "_waiting")
+
+    def __init__(self, n: int) -> None:
+        self._free: Deque[None] = collections.deque([None] * n)
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting = 0
+
+    def acquire(self, blocking: bool = True) -> bool:
+        try:
+            self._free.pop()
+            return True
+        except IndexError:
+            if not blocking:
+                return False
+        with self._cond:
+            self._waiting += 1
+            try:
+                while True:
+                    try:
+                        self._free.pop()
+                        return True
+                    except IndexError:
+                        self._cond.wait()
+            finally:
+                self._waiting -= 1
+
+    def release(self) -> None:
+        self._free.append(None)
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _Release:
     """A context manager that releases a semaphore already acquired."""
 
     __slots__ = ("sem",)
 
-    def __init__(self, sem: threading.BoundedSemaphore) -> None:
+    def __init__(self, sem: _WorkerSlots) -> None:
         self.sem = sem
 
     def __enter__(self) -> None:
@@ -216,7 +268,7 @@ class Server:
         self.workers = workers
         self.stream_window = stream_window
         self._methods: Dict[str, tuple[Callable[..., Any], int]] = {}
-        self._sem = threading.BoundedSemaphore(workers)
+        self._sem = _WorkerSlots(workers)
         self._release = _Release(self._sem)
         self._backlog: Deque[Any] = collections.deque()
         self._lanes: Dict[LocalConnection, _Lane] = {}
