@@ -438,12 +438,28 @@ def _cmd_bench_rpc(args: argparse.Namespace) -> int:
                               f"known: {', '.join(known)}")
     if args.duration <= 0:
         raise _UsageError("--duration must be a positive number of seconds")
+    ignored = [flag for flag, on in (("--topic", args.topic), ("--leases", args.leases),
+                                     ("--latency", args.latency), ("--async", args.async_),
+                                     ("--list", args.list), ("--sizes", args.sizes),
+                                     ("--plot", args.plot)) if on]
+    if ignored:
+        raise _UsageError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} "
+                          "not go with --rpc")
     argv = ["--duration", str(args.duration)]
     if names:
         argv += ["--only", ",".join(names)]
     if args.tcp:
         argv.append("--tcp")
-    return rpc.main(argv)
+    if args.json:
+        argv += ["--json", args.json]
+    if args.quiet:
+        argv.append("--quiet")
+    try:
+        return rpc.main(argv)
+    except OSError as exc:
+        if args.json is None or exc.filename != args.json:
+            raise
+        raise _OperationalError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -579,7 +595,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--rpc", action="store_true",
                    help="pyipc.rpc calls (f(x) -> x; submit, acall, idle cost) beside "
                         "multiprocessing.managers, multiprocessing.connection, grpcio, Pyro5, "
-                        "RPyC and pyzmq REQ/REP")
+                        "RPyC and pyzmq REQ/REP; each cell runs once for --duration seconds "
+                        "(--transports, --json and -q apply)")
     b.add_argument("--tcp", action="store_true",
                    help="with --rpc: tcp:// on loopback, pyipc.rpc (CurveZMQ) beside grpcio "
                         "(insecure, TLS) and raw pyzmq (plain, CurveZMQ)")

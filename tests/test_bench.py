@@ -274,29 +274,44 @@ def test_bench_modes_reject_bad_arguments(capsys: pytest.CaptureFixture[str]) ->
     assert main(["bench", "--tcp"]) == 2
     assert main(["bench", "--rpc", "--transports", "nope"]) == 2
     assert main(["bench", "--rpc", "--tcp", "--transports", "mp.managers"]) == 2
+    assert main(["bench", "--rpc", "--topic"]) == 2
+    assert main(["bench", "--rpc", "--sizes", "64", "--latency"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 6 and all(line.startswith("pyipc: ") for line in err)
+    assert len(err) == 8 and all(line.startswith("pyipc: ") for line in err)
 
 
 @pytest.mark.timeout(120)
-def test_bench_rpc_prints_its_table() -> None:
-    """`pyipc bench --rpc` (the installed command, not only benches/) measures
-    pyipc.rpc beside a baseline: sequential, submit and acall rows, then the
-    idle cost."""
+def test_bench_rpc_prints_its_table(tmp_path: Any) -> None:
+    """`pyipc bench --rpc` (run outside the source tree) measures pyipc.rpc
+    beside a baseline: sequential, submit and acall rows with figures (not
+    "skipped: failed"), the idle cost, and the same rows in --json."""
+    import json
     import subprocess
     import sys
 
+    out_json = tmp_path / "rpc.json"
     out = subprocess.run([sys.executable, "-m", "pyipc", "bench", "--rpc", "--transports",
-                          "pyipc.rpc,mp.connection", "--duration", "0.2"],
-                         capture_output=True, text=True, timeout=110, check=False)
+                          "pyipc.rpc,mp.connection", "--duration", "0.2", "--quiet",
+                          "--json", str(out_json)],
+                         capture_output=True, text=True, timeout=110, check=False, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines()]
-    names = {(r[0], r[1]) for r in rows if r}
+    assert out.stderr == ""  # --quiet
+    assert "skipped" not in out.stdout, out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip()]
+    measured = {}
+    for r in rows[1:]:
+        if r[0] == "idle":
+            continue
+        label = " ".join(r[: 3 if r[1] in ("submit", "acall") else 2])
+        number = r[3 if r[1] in ("submit", "acall") else 2]
+        measured[label] = float(number.replace(",", ""))
     for payload in ("int", "1KiB"):
-        assert ("pyipc.rpc", payload) in names and ("mp.connection", payload) in names
-    assert sum(1 for r in rows if r[:2] == ["pyipc.rpc", "submit"]) == 2
-    assert sum(1 for r in rows if r[:2] == ["pyipc.rpc", "acall"]) == 2
+        for label in ("pyipc.rpc", "mp.connection", "pyipc.rpc submit", "pyipc.rpc acall"):
+            assert measured[f"{label} {payload}"] > 0, (label, payload, out.stdout)
     assert "idle pyipc.rpc server:" in out.stdout
+    report = json.loads(out_json.read_text())
+    assert len(report["rows"]) == 8 and all("skipped" not in r for r in report["rows"])
+    assert {"server_pct", "client_pct"} <= set(report["idle"])
 
 
 @pytest.mark.timeout(120)

@@ -324,8 +324,9 @@ def test_nonblocking_call_against_live_holder(shm_name: Callable[[], str], side:
                     else:
                         ring.get_nowait() if call == "nowait" else ring.get(timeout=0)
                 waited = time.monotonic() - t0
-                # Functional, generous bound: it returned (one slice, not for ever).
-                assert waited < 5.0, f"{call}: waited {waited:.3f} s"
+                # About one 100 ms slice; the bound leaves room for a
+                # loaded machine, not for waiting until the holder lets go.
+                assert waited < 1.0, f"{call}: waited {waited:.3f} s"
                 assert seg.holder(side) == other.info()["owner"], "a live holder's lock was taken over"
             assert ring.info()["recoveries"] == 0
             seg.set_u32(LOCKS[side], 0)

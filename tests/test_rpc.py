@@ -774,7 +774,7 @@ def test_idle_server_and_client_sleep(servers: ServerProcs) -> None:
 def test_worker_slots_bound_and_never_lose_a_wakeup() -> None:
     """The server's `workers` semaphore: at most n holders at once, a
     non-blocking acquire fails when all are taken, and 16 threads trading
-    3 slots 2,000 times each all finish (a lost wake-up would hang)."""
+    3 slots 2,000 times each all finish with every slot back."""
     from pyipc.rpc.server import _WorkerSlots
 
     slots = _WorkerSlots(3)
@@ -805,3 +805,33 @@ def test_worker_slots_bound_and_never_lose_a_wakeup() -> None:
     assert not any(t.is_alive() for t in threads), "a thread never got a slot"
     assert inside == [0, 3]
     assert all(slots.acquire(False) for _ in range(3)) and not slots.acquire(False)
+
+
+@pytest.mark.timeout(30)
+def test_worker_slots_release_wakes_a_blocked_acquirer() -> None:
+    """A thread asleep waiting for the only slot gets it when it is released
+    (the release must notify a counted waiter), and the pool never grows."""
+    from pyipc.rpc.server import _WorkerSlots
+
+    slots = _WorkerSlots(1)
+    assert slots.acquire(False)
+    got = threading.Event()
+
+    def waiter() -> None:
+        slots.acquire()
+        got.set()
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while slots._waiting != 1:  # asleep in the slow path, counted
+        assert time.monotonic() < deadline, "the waiter never went to sleep"
+        time.sleep(0.001)
+    time.sleep(0.05)  # well inside Condition.wait()
+    assert not got.is_set()
+    slots.release()
+    assert got.wait(5), "a release did not wake the thread waiting for the slot"
+    t.join(5)
+    assert not slots.acquire(False)  # the waiter holds the one slot
+    slots.release()
+    assert slots.acquire(False) and not slots.acquire(False)

@@ -84,3 +84,13 @@ def test_ls_lists_named_servers(server: rpc.Server) -> None:
     assert mine == [{"name": _name(server), "listening": True,
                      "path": os.path.join(runtime_dir(), _name(server))}]
     assert _name(server) in _run("rpc", "ls").stdout
+
+
+@pytest.mark.timeout(60)
+def test_key_options_need_a_tcp_address(server: rpc.Server) -> None:
+    """--server-key/--secret-key with a local address: exit 2, one line, no call made."""
+    out = _run("rpc", "call", _name(server), "add", "1", "--server-key", "k", "--secret-key", "s")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "pyipc: --server-key and --secret-key are for tcp:// addresses"]
+    assert out.stdout == ""

@@ -909,26 +909,36 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="tcp:// on loopback instead: pyipc (CurveZMQ), grpcio, raw pyzmq")
     p.add_argument("--pin", choices=("split", "same", "none"), default="split",
                    help="--tcp: client and server on two CPUs (default), one, or unpinned")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else None
     payloads = args.payloads.split(",") if args.payloads else None
+    say: Callable[[str], None] = (lambda s: None) if args.quiet else (
+        lambda s: print(s, file=sys.stderr))
+    report: Dict[str, Any] = {"tcp": args.tcp}
     if args.tcp:
         cpus = _tcp_cpus(args.pin)
-        print(f"pinning {args.pin}: client on CPU {cpus[0]}, server on CPU {cpus[1]}",
-              file=sys.stderr)
+        say(f"pinning {args.pin}: client on CPU {cpus[0]}, server on CPU {cpus[1]}")
         rows = run_tcp_bench(args.duration, names, payloads, args.pin,
-                             progress=lambda s: print(f"  {s}", file=sys.stderr))
+                             progress=lambda s: say(f"  {s}"))
         print(format_tcp_table(rows))
-        return 0
-    cpus = pick_cpus()
-    print(f"client on CPU {cpus[0]}, server on CPU {cpus[1]}" if cpus[0] is not None
-          else "one CPU: unpinned", file=sys.stderr)
-    rows = run_rpc_bench(args.duration, names, payloads,
-                         progress=lambda s: print(f"  {s}", file=sys.stderr))
-    print(format_rpc_table(rows))
-    if names is None or "pyipc.rpc" in names:
-        idle = measure_idle()
-        print(f"idle pyipc.rpc server: {idle['server_pct']:.2f} % of a core, "
-              f"idle client: {idle['client_pct']:.2f} %")
-    return 0
+    else:
+        cpus = pick_cpus()
+        say(f"client on CPU {cpus[0]}, server on CPU {cpus[1]}" if cpus[0] is not None
+            else "one CPU: unpinned")
+        rows = run_rpc_bench(args.duration, names, payloads, progress=lambda s: say(f"  {s}"))
+        print(format_rpc_table(rows))
+        if names is None or "pyipc.rpc" in names:
+            idle = measure_idle()
+            report["idle"] = idle
+            print(f"idle pyipc.rpc server: {idle['server_pct']:.2f} % of a core, "
+                  f"idle client: {idle['client_pct']:.2f} %")
+    report["cpus"] = list(cpus)
+    report["rows"] = rows
+    if args.json:
+        import json
 
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 0

@@ -82,6 +82,9 @@ def _cmd_call(args: argparse.Namespace) -> int:
         print(f"pyipc: {exc}", file=sys.stderr)
         return 2
     positional = [_literal(a) for a in args.args]
+    if (args.server_key or args.secret_key) and not args.address.startswith("tcp://"):
+        print("pyipc: --server-key and --secret-key are for tcp:// addresses", file=sys.stderr)
+        return 2
     keys: Dict[str, Any] = {}
     if args.server_key is not None:
         keys["server_key"] = args.server_key
