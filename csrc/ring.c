@@ -820,6 +820,15 @@ static int sleep_until_ready(struct pyipc_ring *r, enum want w, uint64_t need, i
 
 
 	rc = slice_begin(deadline, &until);
+	if (rc == -EAGAIN && w != WANT_CONSUMED) {
+		/* Non-blocking: no sleep, but a dead holder's lease in the way
+		 * ends now, as a dead holder's lock is taken over now.  Else a
+		 * caller that only ever polls would wait behind it for good. */
+		rc = reap_in_the_way(r, 0, deadline, &poll);
+		if (!rc && w == WANT_ROOM)
+			rc = reap_in_the_way(r, 1, deadline, &poll);
+		return rc > 0 ? 0 : rc < 0 ? rc : -EAGAIN;
+	}
 	if (rc)
 		return rc;
 	start = now_ns();

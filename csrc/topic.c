@@ -714,6 +714,25 @@ static int reap_reserves(struct pyipc_topic *t)
 	return n;
 }
 
+/* Open reservations, if any, whose holder died end now (they hold the tail
+ * for everyone).  1 if any was reaped, 0 if none, or an error. */
+static int reap_dead_reserves(struct pyipc_topic *t, int64_t deadline)
+{
+	int rc;
+
+	if (!atomic_load_explicit(&t->hdr->pub.leases, memory_order_relaxed) ||
+	    !dead_leases(&t->seg, t->hdr->reserves))
+		return 0;
+	rc = pub_lock(t, deadline);
+	if (rc)
+		return rc;
+	rc = reap_reserves(t);
+	pub_unlock(t);
+	if (rc > 0)
+		wake_data(t);
+	return rc < 0 ? rc : rc > 0;
+}
+
 /* ---- making room ---------------------------------------------------------- */
 
 /* The lowest gate of the live subscribers ("block" topics); lock held.
@@ -906,6 +925,29 @@ static int blocker_gone(struct pyipc_topic *t, const struct blocker *b)
 }
 
 /*
+ * What holds a publisher back (*b) may be a dead holder: a subscriber's
+ * slot, or an open reservation holding the tail.  Ask the kernel, and if
+ * it is dead, give its slot back or end its reservation.  1 if something
+ * was reaped (retry), 0 if not, or an error from taking the lock.
+ */
+static int pub_reap_in_the_way(struct pyipc_topic *t, const struct blocker *b, int64_t deadline)
+{
+	int rc;
+
+	if (b->kind == BLK_SLOT) {
+		if (owner_liveness(t->seg.fd, t->seg.owner, b->owner) != OWNER_DEAD)
+			return 0;
+		rc = pub_lock(t, deadline);
+		if (rc)
+			return rc;
+		reap_slot(t, b->slot, b->owner); /* 0: someone else did */
+		pub_unlock(t);
+		return 1;
+	}
+	return reap_dead_reserves(t, deadline);
+}
+
+/*
  * Wait, without the lock, until what is in the way (*b) has moved, a
  * subscriber in the way died (its slot is then given back here), shutdown,
  * close, the deadline or the end of this slice.  0 to retry, or
@@ -920,6 +962,12 @@ static int pub_sleep(struct pyipc_topic *t, const struct blocker *b, int64_t dea
 	uint32_t v;
 
 	rc = slice_begin(deadline, &until);
+	if (rc == -EAGAIN) {
+		/* Non-blocking: no sleep, but a dead holder in the way is
+		 * reaped now, or a caller that only polls would wait for good. */
+		rc = pub_reap_in_the_way(t, b, deadline);
+		return rc > 0 ? 0 : rc < 0 ? rc : -EAGAIN;
+	}
 	if (rc)
 		return rc;
 	if (!*spun) {
@@ -935,30 +983,10 @@ static int pub_sleep(struct pyipc_topic *t, const struct blocker *b, int64_t dea
 				break;
 		}
 	}
-	if (b->kind == BLK_SLOT) {
-		/* Whoever holds us back may have died: ask the kernel. */
-		if (owner_liveness(t->seg.fd, t->seg.owner, b->owner) == OWNER_DEAD) {
-			rc = pub_lock(t, deadline);
-			if (rc)
-				return rc;
-			reap_slot(t, b->slot, b->owner);
-			pub_unlock(t);
-			return 0;
-		}
-		evt = &t->slots[b->slot].evt;
-	} else {
-		if (atomic_load(&p->leases) && dead_leases(&t->seg, t->hdr->reserves)) {
-			rc = pub_lock(t, deadline);
-			if (rc)
-				return rc;
-			rc = reap_reserves(t);
-			pub_unlock(t);
-			if (rc > 0)
-				wake_data(t);
-			return rc < 0 ? rc : 0;
-		}
-		evt = &p->data_evt;
-	}
+	rc = pub_reap_in_the_way(t, b, deadline);
+	if (rc)
+		return rc < 0 ? rc : 0;
+	evt = b->kind == BLK_SLOT ? &t->slots[b->slot].evt : &p->data_evt;
 	v = announce_sleeper(evt);
 	/* Pairs with the waker's fence: see shared.h. */
 	atomic_thread_fence(memory_order_seq_cst);
@@ -1430,6 +1458,12 @@ static int sub_sleep(struct pyipc_topic *t, int64_t deadline, int *spun)
 	uint32_t v;
 
 	rc = slice_begin(deadline, &until);
+	if (rc == -EAGAIN) {
+		/* Non-blocking: no sleep, but a dead publisher's reservation
+		 * holding the tail ends now (see pub_sleep). */
+		rc = reap_dead_reserves(t, deadline);
+		return rc > 0 ? 0 : rc < 0 ? rc : -EAGAIN;
+	}
 	if (rc)
 		return rc;
 	if (!*spun) {
@@ -1449,19 +1483,10 @@ static int sub_sleep(struct pyipc_topic *t, int64_t deadline, int *spun)
 		}
 	}
 	/* An open reservation holds the tail; its holder may have died. */
-	if (atomic_load_explicit(&p->leases, memory_order_relaxed)) {
-		poll = 1;
-		if (dead_leases(&t->seg, t->hdr->reserves)) {
-			rc = pub_lock(t, deadline);
-			if (rc)
-				return rc;
-			rc = reap_reserves(t);
-			pub_unlock(t);
-			if (rc > 0)
-				wake_data(t);
-			return rc < 0 ? rc : 0;
-		}
-	}
+	poll = atomic_load_explicit(&p->leases, memory_order_relaxed) != 0;
+	rc = reap_dead_reserves(t, deadline);
+	if (rc)
+		return rc < 0 ? rc : 0;
 	v = announce_sleeper(&p->data_evt);
 	atomic_thread_fence(memory_order_seq_cst);
 	if (atomic_load(&p->tail) != atomic_load(&s->read) || stop_waiting(t))

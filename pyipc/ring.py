@@ -785,6 +785,10 @@ class RingBuffer:
     def check(self) -> int:
         """Walk and validate every queued record; return how many there are.
 
+        Counts what consumers can take now: messages put after an open
+        reservation count once it is committed or aborted (or, its holder
+        dead, ended by the next call it is in the way of).
+
         Read-only.  Raises ``CorruptedError`` if anything fails validation,
         ``TimeoutError`` if the consumers' lock stays held (by a live process
         in a long copy, or because its word was written over).

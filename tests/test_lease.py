@@ -369,6 +369,38 @@ def test_killed_inside_a_lease(shm_name: Callable[[], str], kind: str) -> None:
         assert ring.check() == 1
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["reserve", "view"])
+def test_non_blocking_calls_end_a_dead_holders_lease(shm_name: Callable[[], str], kind: str) -> None:
+    """A lease whose holder was SIGKILLed ends at the first non-blocking call it is in the way
+    of, as a dead holder's lock is taken over: get_nowait gets the messages put after a dead
+    reservation, put_nowait gets the space a dead view held.  Else a caller that only polls
+    would wait behind it for good."""
+    import subprocess
+
+    with RingBuffer(shm_name(), create=True, capacity=1 << 14) as ring:
+        if kind == "view":
+            ring.put_nowait(b"lost" * 2000)
+        proc = subprocess.Popen([sys.executable, "-c", LEASE_WORKER, ring.name, kind], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == b"in\n"
+            if kind == "reserve":
+                ring.put_nowait(b"after")  # committed, but behind the reservation
+                assert ring.check() == 0  # not yet takeable
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if kind == "reserve":
+            assert ring.get_nowait() == b"after"
+        else:
+            ring.put_nowait(bytes(ring.max_message_size))  # needs the space the view held
+        info = ring.info()
+        assert info["reserves"] == 0 and info["views"] == 0
+
+
 @pytest.mark.timeout(30)
 def test_too_many_open_leases_is_an_error(shm_name: Callable[[], str]) -> None:
     """More leases open at once than the table holds raises IPCError, and the ring stays sound."""

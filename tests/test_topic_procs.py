@@ -266,6 +266,52 @@ def test_blocked_publisher_released_by_subscriber_death(shm_name):
         os.close(w)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("holder", ["reservation", "subscriber"])
+def test_non_blocking_calls_get_past_a_dead_holder(shm_name, holder):
+    """What a SIGKILLed process held is given back at the first non-blocking call it is in the
+    way of: recv(block=False) gets a message published after a dead publisher's open
+    reservation, and publish(block=False) gets the room a dead subscriber of a "block" topic
+    held.  Else a caller that only polls would wait behind it for good."""
+    with Publisher(shm_name(), create=True, capacity=4096) as topic, Subscriber(topic.name) as sub:
+        name = topic.name
+        r, w = os.pipe()
+
+        def child() -> None:
+            if holder == "reservation":
+                with Publisher(name).reserve(100) as buf:
+                    buf[:] = b"r" * 100
+                    os.write(w, b"k")
+                    time.sleep(60)
+            else:
+                s = Subscriber(name)  # attached, and never reads
+                os.write(w, b"k")
+                time.sleep(60)
+                s.close()
+
+        pid = _forked(child)
+        try:
+            assert os.read(r, 1) == b"k"
+            if holder == "reservation":
+                topic.publish(b"after", block=False)  # published, but behind the reservation
+                with pytest.raises(Empty):
+                    sub.recv(block=False)
+            else:
+                with pytest.raises(Full):
+                    while True:
+                        topic.publish(b"y" * 100, block=False)
+                        sub.recv(block=False)  # our own subscriber keeps up
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
+            os.close(w)
+        if holder == "reservation":
+            assert sub.recv(block=False) == b"after"
+        else:
+            topic.publish(b"z" * 100, block=False)
+
+
 @pytest.mark.timeout(300)
 def test_publisher_killed_mid_publish(shm_name):
     """A publisher SIGKILLed at random instants (inside publish or reserve) never shows a torn message; the topic goes on."""
