@@ -62,6 +62,22 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"pyipc test seed {_SESSION_SEED} (replay with {SEED_ENV}={_SESSION_SEED})"
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> Iterator[None]:
+    # Under CI, pytest prints every assertion's explanation in full, even in
+    # its short summary, and a diff of two large payloads can push the names
+    # of the failed tests out of a log's tail.  Repeat them last (the
+    # outermost wrapper ends after pytest's own summary), one short line
+    # each, with the seed.
+    yield
+    failed = [r.nodeid for key in ("failed", "error") for r in terminalreporter.stats.get(key, [])
+              if getattr(r, "nodeid", "")]
+    if failed:
+        terminalreporter.write_sep("-", f"failed ({SEED_ENV}={_SESSION_SEED})")
+        for nodeid in failed:
+            terminalreporter.write_line(f"FAILED {nodeid}")
+
+
 @pytest.fixture
 def seed(request: pytest.FixtureRequest) -> int:
     """This test's seed for its random choices, printed so that a failure
