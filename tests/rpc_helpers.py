@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 import time
@@ -84,6 +85,14 @@ class Service:
     def array_info(self, a: Any) -> Any:
         return (int(a.sum()), bool(a.flags.writeable), a.shape)
 
+    def sha256(self, data: Any) -> str:
+        return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+
+    def blobs(self, n: int, size: int) -> Iterator[bytes]:
+        """n items of size bytes, item i made of the 8-byte number i."""
+        for i in range(n):
+            yield i.to_bytes(8, "little") * (size // 8)
+
     # -- coroutines ----------------------------------------------------------
     async def asleep(self, seconds: float, key: str) -> str:
         self.events[key] = "started"
@@ -131,4 +140,7 @@ def serve(address: str, workers: int = 4, window: int = 4,
                         allow_uids=allow_uids, mode=mode)
     server.register_instance(Service())
     server.register(server.close, "shutdown")
+    # Requests begun in fragments and not yet whole, on every connection.
+    server.register(lambda: sum(len(getattr(lane.conn, "incoming", ())) for lane in list(server._lanes.values())),
+                    "partial_requests")
     server.serve_forever()

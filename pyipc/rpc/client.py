@@ -35,6 +35,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tu
 from ..errors import Empty, Full, ShutDown
 from . import protocol as P
 from .errors import ServerGone
+from .fragments import FRAGMENT
 from .local import LocalClientTransport
 
 __all__ = ["Client", "connect", "RemoteIterator", "RpcFuture"]
@@ -45,6 +46,7 @@ _decode_body = P.decode_body
 _REPLY = P.REPLY_HEADER
 _REPLY_SIZE = P.REPLY_HEADER.size
 _unpack_reply = P.REPLY_HEADER.unpack_from
+_FRAGMENT = FRAGMENT
 _RESULT, _ERROR, _STREAM, _ITEM, _END = P.RESULT, P.ERROR, P.STREAM, P.ITEM, P.END
 _CALL, _NOTIFY = P.CALL, P.NOTIFY
 _END_OF_STREAM = object()
@@ -455,7 +457,8 @@ class Client:
         ``NoSuchMethod``, ``TimeoutError`` when ``timeout`` expires (the
         server never starts a call whose deadline passed), ``ServerGone``,
         what pickling raises for arguments that do not pickle (nothing is
-        sent then), ``MessageTooLarge``, and ``ValueError`` once closed.
+        sent then), and ``ValueError`` once closed.  Arguments and results
+        of any size travel (larger than the connection's ring: in pieces).
         """
         if self._forked:
             self._reconnect_after_fork()
@@ -673,6 +676,14 @@ class Client:
         if len(head) < _REPLY_SIZE:
             return  # not a reply: ignore it
         kind, _, nbufs, rid = _unpack_reply(head)
+        if kind >= _FRAGMENT and not frames:
+            # A piece of a reply larger than the ring (fragments.py).
+            incoming = getattr(self._t, "incoming", None)
+            whole = incoming.feed(m, len(m)) if incoming is not None else None
+            if whole is None or len(whole) < _REPLY_SIZE or whole[0] >= _FRAGMENT:
+                return
+            m = head = whole
+            kind, _, nbufs, rid = _unpack_reply(head)
         pending = self._pending
         entry = pending.get(rid)
         if entry is None:

@@ -21,6 +21,7 @@ Nothing in this module knows what a call is: it moves opaque messages.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import secrets
@@ -28,11 +29,12 @@ import stat
 import threading
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
-from ..errors import MessageTooLarge, ShutDown
+from ..errors import Full, MessageTooLarge, ShutDown
 from ..ring import RingBuffer
 from ..usock import SocketChannel, UnixListener, unix_connect
 from . import protocol as P
 from .errors import ServerGone
+from .fragments import Reassembler, abort_message, fragments
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -43,8 +45,9 @@ __all__ = [
     "LocalClientTransport",
 ]
 
-# Bytes of each ring of a connection: the largest request and reply is a
-# little less.  Pages of /dev/shm are only allocated as they are touched.
+# Bytes of each ring of a connection: a request or reply up to a little less
+# is one ring message, a larger one travels in pieces (fragments.py).  Pages
+# of /dev/shm are only allocated as they are touched.
 DEFAULT_CAPACITY = 4 << 20
 _SUN_PATH_MAX = 107
 _ABANDONED: List[Any] = []  # see LocalClientTransport.abandon
@@ -127,6 +130,38 @@ def RingBuffer_unlink(name: str) -> None:
 
 
 # --------------------------------------------------------------------------
+# Messages larger than a ring (see fragments.py)
+# --------------------------------------------------------------------------
+
+
+def put_fragments(ring: RingBuffer, msg_id: int, data: Any) -> None:
+    """Put ``data`` as fragments, each written in place (one copy), waiting
+    for room as long as it takes: the receiver is draining, or gone
+    (``ShutDown``)."""
+    for head, piece in fragments(msg_id, data, ring.max_message_size):
+        with ring.reserve(len(head) + len(piece)) as buf:
+            buf[: len(head)] = head
+            buf[len(head) :] = piece
+
+
+async def put_fragments_async(ring: RingBuffer, msg_id: int, data: Any) -> None:
+    """``put_fragments`` from an event loop.  Stopped half-way (cancelled),
+    it tells the receiver to drop the slices sent so far."""
+    sent = False
+    try:
+        for head, piece in fragments(msg_id, data, ring.max_message_size):
+            await ring.put_async(b"".join((head, piece)))
+            sent = True
+    except BaseException:
+        if sent:
+            try:
+                ring.put_nowait(abort_message(msg_id))
+            except Exception:
+                pass  # the ring is full or gone: the slices go with the connection
+        raise
+
+
+# --------------------------------------------------------------------------
 # Server side
 # --------------------------------------------------------------------------
 
@@ -159,6 +194,17 @@ class LocalConnection:
         self.recv_request: Callable[..., bytes] = requests.get
         self.send_reply: Callable[..., None] = replies.put
         self.send_reply_async = replies.put_async
+        # Requests larger than the ring arrive in fragments (fragments.py).
+        self.incoming = Reassembler()
+        self._large_ids = itertools.count(1)
+
+    def send_large_reply(self, data: Any) -> None:
+        """Put a reply larger than the ring, in fragments."""
+        put_fragments(self.replies, next(self._large_ids), data)
+
+    async def send_large_reply_async(self, data: Any) -> None:
+        """``send_large_reply`` from the server's event loop."""
+        await put_fragments_async(self.replies, next(self._large_ids), data)
 
     def fileno(self) -> int:
         return self.channel.fileno()
@@ -347,6 +393,9 @@ class LocalClientTransport:
             ch.close()
             raise
         self.max_message_size = min(self.requests.max_message_size, self.replies.max_message_size)
+        # Replies larger than the ring arrive in fragments (fragments.py).
+        self.incoming = Reassembler()
+        self._large_ids = itertools.count(1)
         self.recv_reply: Callable[..., bytes] = self.replies.get
         self.recv_replies: Callable[..., Any] = self.replies.get_many
         self._watcher = threading.Thread(target=self._watch, name="pyipc-rpc-watch", daemon=True)
@@ -371,18 +420,21 @@ class LocalClientTransport:
             pass
 
     def send_request(self, data: Any, block: bool = True, timeout: Optional[float] = None) -> None:
-        """Put one request.  ``ServerGone`` if the server is gone,
-        ``MessageTooLarge``, ``Full`` when ``block`` is false or the
-        timeout expires."""
+        """Put one request of any size.  ``ServerGone`` if the server is
+        gone, ``Full`` when ``block`` is false or the timeout expires (for
+        a request larger than the ring, at once: see below)."""
         try:
-            self.requests.put(data, block, timeout)
+            try:
+                self.requests.put(data, block, timeout)
+            except MessageTooLarge:
+                # Larger than the ring: in fragments, which wait for room
+                # as long as it takes (a non-blocking send cannot promise
+                # to put them all, so it sends none).
+                if not block or timeout is not None:
+                    raise Full from None
+                put_fragments(self.requests, next(self._large_ids), data)
         except ShutDown:
             raise ServerGone("the server closed the connection") from None
-        except MessageTooLarge:
-            raise MessageTooLarge(
-                f"a request of {len(data)} bytes is larger than this connection's "
-                f"limit of {self.max_message_size} bytes"
-            ) from None
         except ValueError:
             if self.requests.closed:
                 raise ValueError("operation on a closed rpc Client") from None
@@ -391,7 +443,10 @@ class LocalClientTransport:
     async def send_request_async(self, data: Any) -> None:
         """``send_request`` that waits for room without blocking the loop."""
         try:
-            await self.requests.put_async(data)
+            try:
+                await self.requests.put_async(data)
+            except MessageTooLarge:
+                await put_fragments_async(self.requests, next(self._large_ids), data)
         except ShutDown:
             raise ServerGone("the server closed the connection") from None
 

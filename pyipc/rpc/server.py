@@ -43,6 +43,7 @@ from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Sequen
 from ..errors import Full, MessageTooLarge, ShutDown
 from . import protocol as P
 from .errors import NoSuchMethod
+from .fragments import FRAGMENT as _FRAGMENT
 from .local import DEFAULT_CAPACITY, LocalConnection, LocalListener, resolve_address
 
 if False:  # typing only: the tcp module imports pyzmq
@@ -192,9 +193,12 @@ class _Lane:
         self.tasks: Dict[int, "asyncio.Task[Any]"] = {}
 
     def send(self, data: Any) -> None:
-        """Put a reply; dropped once the client is gone."""
+        """Put a reply of any size; dropped once the client is gone."""
         try:
-            self.conn.send_reply(data)
+            try:
+                self.conn.send_reply(data)
+            except MessageTooLarge:
+                self.conn.send_large_reply(data)  # a local ring's limit: in fragments
         except (ShutDown, ValueError):
             pass
 
@@ -215,8 +219,8 @@ class Server:
     handed over by name and must be given to that uid).
 
     ``workers`` bounds the plain functions running at once; ``capacity``
-    is the bytes of each client's request and reply rings (the largest
-    request or reply is a little less); ``stream_window`` is how many
+    is the bytes of each client's request and reply rings (a request or
+    reply larger than a ring travels in pieces); ``stream_window`` is how many
     items a generator may run ahead of its consumer.
 
     ``tcp://host:port`` (the ``net`` extra; port 0 picks a free one, and
@@ -806,6 +810,13 @@ class Server:
             kind, _, nbufs, rid, deadline = _decode_header(view, n)
         except ValueError:
             return  # not a request: nothing to answer
+        if kind >= _FRAGMENT:
+            # A piece of a request larger than the ring (fragments.py):
+            # whoever places the last piece runs the request.
+            whole = lane.conn.incoming.feed(view, n)
+            if whole is not None and whole[:1] and whole[0] < _FRAGMENT:
+                self._handle(lane, memoryview(whole), len(whole))
+            return
         lane.last_rid = rid
         if lane.cancelled and rid in lane.cancelled:
             lane.cancelled.discard(rid)
@@ -887,9 +898,8 @@ class Server:
             data = _encode_error(rid, exc)
         try:
             lane.conn.send_reply(data)
-        except MessageTooLarge as exc:
-            lane.send(_encode_error(rid, MessageTooLarge(
-                f"the result ({len(data)} bytes) is larger than the connection's limit: {exc}")))
+        except MessageTooLarge:
+            lane.send(data)  # in fragments
         except (ShutDown, ValueError):
             pass
 
@@ -969,9 +979,11 @@ class Server:
                 lane.conn.send_reply(data, False)
             except Full:
                 await lane.conn.send_reply_async(data)
-        except MessageTooLarge as exc:
-            await self._send_async(lane, _encode_error(
-                P.REPLY_HEADER.unpack_from(data)[3], MessageTooLarge(str(exc))))
+        except MessageTooLarge:
+            try:
+                await lane.conn.send_large_reply_async(data)  # a local ring's limit: in fragments
+            except (ShutDown, ValueError):
+                pass
         except (ShutDown, ValueError):
             pass
 
@@ -1053,7 +1065,10 @@ class Server:
                     self._drain_backlog()
                 try:
                     data = lane.encode_reply(P.ITEM, rid, item)
-                    lane.conn.send_reply(data)
+                    try:
+                        lane.conn.send_reply(data)
+                    except MessageTooLarge:
+                        lane.conn.send_large_reply(data)  # a local ring's limit: in fragments
                 except (ShutDown, ValueError):
                     self._close_gen(gen, is_async)
                     return
