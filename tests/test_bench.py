@@ -315,6 +315,21 @@ def test_bench_rpc_prints_its_table(tmp_path: Any) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_rpc_bench_large_payload() -> None:
+    """The 64 MiB round trips (benches/bench_rpc.py --payloads 64MiB) measure pyipc.rpc and a
+    baseline, give back what they sent (each cell checks), skip contenders not made for it, and
+    run no pipelined rows."""
+    from pyipc.bench.rpc import run_rpc_bench
+
+    rows = run_rpc_bench(0.2, ["pyipc.rpc", "mp.connection", "grpc"], ["64MiB"])
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == {"pyipc.rpc", "mp.connection", "grpc"}, rows
+    for name in ("pyipc.rpc", "mp.connection"):
+        assert "skipped" not in by_name[name] and by_name[name]["calls"] >= 1, rows
+    assert by_name["grpc"]["skipped"].startswith(("not run with 64MiB", "grpc is not installed")), rows
+
+
+@pytest.mark.timeout(120)
 def test_benches_directory_collects() -> None:
     """Every module in benches/ imports and pytest collects it (a moved helper
     once broke `python benches/bench_rpc.py` with nothing else noticing)."""

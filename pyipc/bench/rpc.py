@@ -43,6 +43,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .runner import pick_cpus
 
 PAYLOADS: Dict[str, Any] = {"int": 12345, "1KiB": b"\xa5" * 1024}
+# A large argument and result, made when first asked for (--payloads 64MiB):
+# a NumPy array (bytes without NumPy), what a pipeline moves.  Round trips
+# only (1,000 of them in flight would be 64 GiB), and only with the
+# contenders that carry a message this large (grpcio stops at 4 MiB by
+# default; Pyro5's serializer and RPyC are not made for bulk data).
+LARGE_PAYLOADS: Dict[str, int] = {"64MiB": 64 << 20}
+LARGE_CONTENDERS = ("pyipc.rpc", "mp.managers", "mp.connection", "zmq")
 PIPELINE = 1000  # calls in flight for `submit`
 TASKS = 100  # asyncio tasks for `acall`
 
@@ -52,6 +59,27 @@ CallFn = Callable[[Any], Any]
 def f(x: Any) -> Any:
     """The function every server exposes."""
     return x
+
+
+def payload_value(payload: str) -> Any:
+    """The argument for ``payload``: one of PAYLOADS or LARGE_PAYLOADS."""
+    if payload in LARGE_PAYLOADS:
+        n = LARGE_PAYLOADS[payload]
+        try:
+            import numpy
+        except ImportError:
+            return bytes(range(256)) * (n // 256)
+        return numpy.arange(n // 8, dtype=numpy.float64)
+    return PAYLOADS[payload]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Did the call give back what it was given (arrays too)?"""
+    if type(a) is not type(b):
+        return False
+    if hasattr(a, "shape"):
+        return bool(a.shape == b.shape and (a == b).all())
+    return bool(a == b)
 
 
 def _pin(cpu: Optional[int]) -> None:
@@ -331,7 +359,8 @@ def _summary(name: str, payload: str, lat_ns: List[int], elapsed: float, note: s
 
 
 def _sequential(call: CallFn, x: Any, duration: float) -> Tuple[List[int], float]:
-    for _ in range(200):  # warm up: connections, caches, the ring's pages
+    large = getattr(x, "nbytes", len(x) if isinstance(x, bytes) else 0) > 1 << 20
+    for _ in range(3 if large else 200):  # warm up: connections, caches, the ring's pages
         call(x)
     lat: List[int] = []
     now = time.perf_counter_ns
@@ -376,7 +405,7 @@ def measure(name: str, payload: str, duration: float,
             cpus: Optional[Tuple[Optional[int], Optional[int]]] = None) -> Dict[str, Any]:
     """Sequential round trips of ``f(x)`` with contender ``name``."""
     cpus = cpus or pick_cpus()
-    x = PAYLOADS[payload]
+    x = payload_value(payload)
     before = os.sched_getaffinity(0)
     server = Running(name, cpus)
     try:
@@ -387,7 +416,7 @@ def measure(name: str, payload: str, duration: float,
         else:
             call, close = factory(server.path)
             try:
-                assert call(x) == x
+                assert same(call(x), x)
                 lat, elapsed = _sequential(call, x, duration)
             finally:
                 close()
@@ -515,8 +544,11 @@ def run_rpc_bench(duration: float = 1.0, names: Optional[List[str]] = None,
     cpus = pick_cpus()
     rows: List[Dict[str, Any]] = []
     for payload in payloads or list(PAYLOADS):
+        large = payload in LARGE_PAYLOADS
         for name in names or list(CONTENDERS):
             reason = unavailable(name)
+            if reason is None and large and name not in LARGE_CONTENDERS:
+                reason = f"not run with {payload}"
             if reason is not None:
                 rows.append({"name": name, "payload": payload, "skipped": reason})
                 continue
@@ -526,7 +558,7 @@ def run_rpc_bench(duration: float = 1.0, names: Optional[List[str]] = None,
                 rows.append(measure(name, payload, duration, cpus))
             except Exception as exc:  # one broken baseline must not stop the table
                 rows.append({"name": name, "payload": payload, "skipped": f"failed: {exc!r}"})
-        if names is None or "pyipc.rpc" in names:
+        if (names is None or "pyipc.rpc" in names) and not large:
             rows.append(measure_pipelined(payload, duration, cpus))
             rows.append(measure_acall(payload, duration, cpus))
     return rows
@@ -904,7 +936,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--duration", type=float, default=1.0, help="seconds per cell (default 1)")
     p.add_argument("--only", help="comma-separated contenders (default: all)")
-    p.add_argument("--payloads", help="comma-separated payloads: int,1KiB (default: both)")
+    p.add_argument("--payloads", help="comma-separated payloads: int,1KiB (default: both), "
+                   "or 64MiB (round trips of a 64 MiB bytes object)")
     p.add_argument("--tcp", action="store_true",
                    help="tcp:// on loopback instead: pyipc (CurveZMQ), grpcio, raw pyzmq")
     p.add_argument("--pin", choices=("split", "same", "none"), default="split",
@@ -914,6 +947,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else None
     payloads = args.payloads.split(",") if args.payloads else None
+    allowed = list(PAYLOADS) + ([] if args.tcp else list(LARGE_PAYLOADS))
+    if payloads is not None and not set(payloads) <= set(allowed):
+        p.error(f"--payloads: choose from {', '.join(allowed)}")
     say: Callable[[str], None] = (lambda s: None) if args.quiet else (
         lambda s: print(s, file=sys.stderr))
     report: Dict[str, Any] = {"tcp": args.tcp}

@@ -684,6 +684,9 @@ class Client:
                 return
             m = head = whole
             kind, _, nbufs, rid = _unpack_reply(head)
+            owned = True  # arrays may view the reassembled buffer: it is theirs alone
+        else:
+            owned = False
         pending = self._pending
         entry = pending.get(rid)
         if entry is None:
@@ -695,7 +698,7 @@ class Client:
                 if frames:
                     value = _decode_frames(m, nbufs)
                 else:
-                    value = _decode_body(memoryview(m), _REPLY_SIZE, len(m), nbufs)
+                    value = _decode_body(memoryview(m), _REPLY_SIZE, len(m), nbufs, owned)
             except BaseException as exc:
                 kind, value = _ERROR, P.unpicklable_error(exc, "reply")
             else:

@@ -138,13 +138,16 @@ def _framed(head: bytes, pickled: bytes, bufs: List[memoryview]) -> bytes:
     return b"".join(parts)
 
 
-def decode_body(view: memoryview, start: int, end: int, nbufs: int) -> Any:
+def decode_body(view: memoryview, start: int, end: int, nbufs: int, owned: bool = False) -> Any:
     """Unpickle the body of a message held in ``view[start:end]``.
 
     ``view`` may be a reused receive buffer: everything returned is copied
     out of it (out-of-band buffers into bytearrays of their own, so arrays
-    made over them are writable).  Raises ``pickle.UnpicklingError`` (or
-    whatever unpickling raises) for a malformed body.
+    made over them are writable).  ``owned``: ``view`` is a writable buffer
+    of this message alone (one put together from fragments), and the
+    out-of-band buffers are views of it instead of copies.  Raises
+    ``pickle.UnpicklingError`` (or whatever unpickling raises) for a
+    malformed body.
     """
     if nbufs == 0:
         return _loads(view[start:end])
@@ -161,7 +164,7 @@ def decode_body(view: memoryview, start: int, end: int, nbufs: int) -> Any:
         off += -off % _ALIGN
         if off + n > end:
             raise pickle.UnpicklingError("truncated out-of-band message")
-        buffers.append(bytearray(view[off : off + n]))
+        buffers.append(view[off : off + n] if owned else bytearray(view[off : off + n]))
         off += n
     if pstart + plen > end:
         raise pickle.UnpicklingError("truncated out-of-band message")

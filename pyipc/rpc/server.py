@@ -804,8 +804,9 @@ class Server:
 
     # ---- running calls ---------------------------------------------------
 
-    def _handle(self, lane: _Lane, view: memoryview, n: int) -> None:
-        """Run one request taken from ``lane``'s ring (in ``view[:n]``)."""
+    def _handle(self, lane: _Lane, view: memoryview, n: int, owned: bool = False) -> None:
+        """Run one request taken from ``lane``'s ring (in ``view[:n]``;
+        ``owned``: a buffer of its own, put together from fragments)."""
         try:
             kind, _, nbufs, rid, deadline = _decode_header(view, n)
         except ValueError:
@@ -815,7 +816,7 @@ class Server:
             # whoever places the last piece runs the request.
             whole = lane.conn.incoming.feed(view, n)
             if whole is not None and whole[:1] and whole[0] < _FRAGMENT:
-                self._handle(lane, memoryview(whole), len(whole))
+                self._handle(lane, memoryview(whole), len(whole), True)
             return
         lane.last_rid = rid
         if lane.cancelled and rid in lane.cancelled:
@@ -825,7 +826,7 @@ class Server:
             return  # the caller gave up already: never run it
         reply = kind == _CALL
         try:
-            method, args, kwargs = _decode_body(view, _REQ_SIZE, n, nbufs)
+            method, args, kwargs = _decode_body(view, _REQ_SIZE, n, nbufs, owned)
             entry = self._methods.get(method)
             if entry is None:
                 raise NoSuchMethod(f"no method {method!r} on this server")
