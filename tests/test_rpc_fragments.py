@@ -37,7 +37,7 @@ def test_reassembled_from_threads_in_any_order(rng: random.Random) -> None:
     msgs = {i: os.urandom(rng.randrange(1, 300_000)) for i in range(1, 9)}
     pieces = [p for i, m in msgs.items() for p in _joined(i, m, 20_000)]
     rng.shuffle(pieces)
-    r = Reassembler()
+    r = Reassembler(20_000)
     out: List[bytes] = []
     lock = threading.Lock()
 
@@ -57,35 +57,53 @@ def test_reassembled_from_threads_in_any_order(rng: random.Random) -> None:
     assert len(r) == 0
 
 
+LIMIT = 1000  # a ring's largest message, for the tests below
+CHUNK = chunk_size(LIMIT)
+
+
+def _piece(msg_id: int, total: int, off: int, size: int, kind: int = FRAGMENT) -> bytes:
+    return HEADER.pack(kind, 0, msg_id, total, off) + b"p" * size
+
+
 @pytest.mark.parametrize(
     "bad",
     [
-        lambda: HEADER.pack(FRAGMENT, 0, 7, 100, 90) + bytes(20),  # a slice past the end
-        lambda: HEADER.pack(FRAGMENT, 0, 7, 200, 50) + bytes(10),  # the total changed
-        lambda: abort_message(7),
-        lambda: HEADER.pack(0xF9, 0, 7, 100, 0) + bytes(10),  # an unknown kind
+        _piece(7, 3 * CHUNK, 3 * CHUNK, CHUNK),  # past the end
+        _piece(7, 3 * CHUNK, CHUNK // 2, CHUNK),  # not where a piece starts
+        _piece(7, 3 * CHUNK, CHUNK, CHUNK - 1),  # too short
+        _piece(7, 5 * CHUNK, CHUNK, CHUNK),  # the total changed
+        _piece(7, 3 * CHUNK, 0, CHUNK),  # the first piece again
+        abort_message(7),
+        _piece(7, 3 * CHUNK, CHUNK, CHUNK, kind=0xF9),  # an unknown kind
     ],
 )
-def test_pieces_that_do_not_add_up_drop_the_message(bad: Callable[[], bytes]) -> None:
-    """A piece outside its message, a total that changed, an abort or an unknown kind drops
-    what was gathered for that id, without an exception; other messages are untouched."""
-    r = Reassembler()
-    first = HEADER.pack(FRAGMENT, 0, 7, 100, 0) + b"a" * 50
-    other = HEADER.pack(FRAGMENT, 0, 8, 20, 0) + b"b" * 10
+def test_pieces_that_do_not_add_up_drop_the_message(bad: bytes) -> None:
+    """A piece outside its message, not where a piece starts, of the wrong length, with
+    another total or twice, an abort or an unknown kind drops what was gathered for that id,
+    without an exception; later pieces of it are ignored; other messages are untouched."""
+    r = Reassembler(LIMIT)
+    first = _piece(7, 3 * CHUNK, 0, CHUNK)
+    other = _piece(8, CHUNK + 10, 0, CHUNK)
     assert r.feed(first, len(first)) is None and r.feed(other, len(other)) is None
     assert len(r) == 2
-    m = bad()
-    assert r.feed(m, len(m)) is None
+    assert r.feed(bad, len(bad)) is None
     assert len(r) == 1
-    rest = HEADER.pack(FRAGMENT, 0, 8, 20, 10) + b"b" * 10
-    assert r.feed(rest, len(rest)) == b"b" * 20
+    for off in (CHUNK, 2 * CHUNK):  # the rest of message 7 comes late: ignored
+        late = _piece(7, 3 * CHUNK, off, CHUNK)
+        assert r.feed(late, len(late)) is None
+    assert len(r) == 1
+    rest = _piece(8, CHUNK + 10, CHUNK, 10)
+    assert r.feed(rest, len(rest)) == b"p" * (CHUNK + 10)
+    assert len(r) == 0
+    again = _piece(8, CHUNK + 10, CHUNK, 10)  # a piece of an ended message
+    assert r.feed(again, len(again)) is None and len(r) == 0
 
 
 def test_short_and_unallocatable_pieces_are_ignored() -> None:
     """A message shorter than a header, or a total too large to allocate, is ignored."""
-    r = Reassembler()
+    r = Reassembler(LIMIT)
     assert r.feed(b"\xf0" * 10, 10) is None
-    huge = HEADER.pack(FRAGMENT, 0, 1, 1 << 62, 0) + b"x"
+    huge = _piece(1, 1 << 62, 0, CHUNK)
     assert r.feed(huge, len(huge)) is None
     assert len(r) == 0
 
@@ -98,7 +116,7 @@ def test_put_fragments_through_a_ring_to_a_reader(shm_name: Callable[[], str]) -
         got: List[Optional[bytearray]] = []
 
         def reader() -> None:
-            r = Reassembler()
+            r = Reassembler(ring.max_message_size)
             while True:
                 m = ring.get(timeout=20)
                 whole = r.feed(m, len(m))
@@ -130,7 +148,7 @@ def test_cancelled_async_sender_aborts_the_message(shm_name: Callable[[], str]) 
                 await task
 
         asyncio.run(main())
-        r = Reassembler()
+        r = Reassembler(ring.max_message_size)
         kinds = []
         while True:
             try:
@@ -141,3 +159,26 @@ def test_cancelled_async_sender_aborts_the_message(shm_name: Callable[[], str]) 
             assert r.feed(m, len(m)) is None
         assert kinds == [FRAGMENT, FRAGMENT, ABORT]
         assert len(r) == 0
+
+
+@pytest.mark.timeout(60)
+def test_interrupted_sender_aborts_the_message(shm_name: Callable[[], str]) -> None:
+    """put_fragments interrupted (KeyboardInterrupt) while it waits for room sends ABORT."""
+    import _thread
+    import time
+
+    with RingBuffer(shm_name(), create=True, capacity=1 << 16) as ring:
+
+        def interrupt() -> None:
+            while ring.qsize() < 2:
+                time.sleep(0.001)
+            time.sleep(0.05)
+            _thread.interrupt_main()
+
+        t = threading.Thread(target=interrupt)
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            put_fragments(ring, 9, os.urandom(4 * ring.max_message_size))
+        t.join(10)
+        kinds = [m[0] for m in ring.get_many(10, block=False)]
+        assert kinds == [FRAGMENT, FRAGMENT, ABORT]

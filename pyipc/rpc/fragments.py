@@ -56,67 +56,96 @@ def abort_message(msg_id: int) -> bytes:
 
 
 class _Partial:
-    __slots__ = ("buf", "got")
+    __slots__ = ("buf", "claimed", "done", "pieces")
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, pieces: int) -> None:
         self.buf = bytearray(total)
-        self.got = 0
+        self.claimed = bytearray(pieces)  # 1 once a thread took piece i to copy
+        self.done = 0  # pieces copied in
+        self.pieces = pieces
 
 
 class Reassembler:
     """The receiver's half: slices in, whole messages out.  Thread-safe.
 
-    A fragment is untrusted input like any message: one whose header does
-    not add up (a slice outside its message, a total that changed, more
-    bytes than the total) drops what was gathered for that id and is
-    ignored.  A message that cannot be allocated (``MemoryError``) is
-    dropped the same way.
+    ``max_message_size`` is the ring's, the sender's too, so the receiver
+    knows where every piece of a message must start and how long it is.  A
+    fragment is untrusted input like any message: one that is not where a
+    piece must be, has the wrong length, comes twice, or names another total
+    drops what was gathered for that id and is ignored; so is a piece of a
+    message that was aborted or completed (the last ``_ENDED_KEPT`` ids are
+    remembered), and a message that cannot be allocated (``MemoryError``).
     """
 
-    def __init__(self) -> None:
+    _ENDED_KEPT = 1024
+
+    def __init__(self, max_message_size: int) -> None:
+        self._chunk = chunk_size(max_message_size)
         self._partial: Dict[int, _Partial] = {}
+        self._ended: Dict[int, None] = {}  # insertion-ordered, bounded
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """Messages begun and not yet complete."""
         return len(self._partial)
 
+    def _drop(self, msg_id: int) -> None:
+        # Lock held.  A piece of it still in flight is ignored from now on.
+        self._partial.pop(msg_id, None)
+        self._ended[msg_id] = None
+        if len(self._ended) > self._ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
+
     def feed(self, view: Any, n: int) -> Optional[bytearray]:
         """Take one fragment or abort message (``view[:n]``); return the
-        whole message once its last slice arrived, else None."""
+        whole message once its last piece arrived, else None."""
         if n < HEADER.size:
             return None
         kind, _, msg_id, total, off = HEADER.unpack_from(view)
-        size = n - HEADER.size
-        partial = self._partial
+        size, chunk = n - HEADER.size, self._chunk
+        pieces = -(-total // chunk)
+        index = off // chunk
         with self._lock:
-            part = partial.get(msg_id)
-            if kind != FRAGMENT:
-                partial.pop(msg_id, None)  # ABORT, or nonsense: drop it
+            if msg_id in self._ended:
                 return None
-            if part is None:
-                try:
-                    part = _Partial(total)
-                except (MemoryError, OverflowError, ValueError):
+            part = self._partial.get(msg_id)
+            if kind != FRAGMENT or total == 0 or off % chunk or off >= total or \
+                    size != min(chunk, total - off) or (part is not None and len(part.buf) != total):
+                self._drop(msg_id)  # ABORT, or a piece that does not fit
+                return None
+        if part is None:
+            try:
+                fresh = _Partial(total, pieces)  # outside the lock: it zero-fills
+            except (MemoryError, OverflowError, ValueError):
+                with self._lock:
+                    self._drop(msg_id)
+                return None
+            with self._lock:
+                part = self._partial.setdefault(msg_id, fresh)
+                if msg_id in self._ended or len(part.buf) != total:
+                    self._drop(msg_id)
                     return None
-                partial[msg_id] = part
-            if len(part.buf) != total or off + size > total:
-                del partial[msg_id]
+        with self._lock:
+            if self._partial.get(msg_id) is not part or part.claimed[index]:
+                self._drop(msg_id)  # dropped meanwhile, or a piece that came twice
                 return None
-        # Copy outside the lock, so that other lanes place their slices
-        # meanwhile; count the bytes only once they are in place, so the
-        # thread that counts the last ones hands on a whole message.
+            part.claimed[index] = 1
+        # Copy outside the lock, so that other lanes place their pieces
+        # meanwhile; count a piece only once it is in place, so the thread
+        # that counts the last one hands on a whole message.
         part.buf[off : off + size] = memoryview(view)[HEADER.size : n]
         with self._lock:
-            if partial.get(msg_id) is not part:
+            if self._partial.get(msg_id) is not part:
                 return None  # aborted meanwhile
-            part.got += size
-            if part.got < total:
+            part.done += 1
+            if part.done < part.pieces:
                 return None
-            del partial[msg_id]
-            return part.buf if part.got == total else None
+            del self._partial[msg_id]
+            self._drop(msg_id)  # ended: a piece that comes again is ignored
+            return part.buf
 
     def clear(self) -> None:
         """Drop everything (the connection is gone)."""
         with self._lock:
             self._partial.clear()
+            self._ended.clear()

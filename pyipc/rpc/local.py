@@ -20,6 +20,7 @@ Nothing in this module knows what a call is: it moves opaque messages.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import json
@@ -27,7 +28,7 @@ import os
 import secrets
 import stat
 import threading
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Set, Tuple
 
 from ..errors import Full, MessageTooLarge, ShutDown
 from ..ring import RingBuffer
@@ -134,19 +135,43 @@ def RingBuffer_unlink(name: str) -> None:
 # --------------------------------------------------------------------------
 
 
+# How long a sender stopped half-way waits for room for its ABORT.
+_ABORT_WAIT = 5.0
+_ABORTS: Set["asyncio.Task[None]"] = set()  # ABORTs waiting for room in the background
+
+
 def put_fragments(ring: RingBuffer, msg_id: int, data: Any) -> None:
     """Put ``data`` as fragments, each written in place (one copy), waiting
     for room as long as it takes: the receiver is draining, or gone
-    (``ShutDown``)."""
-    for head, piece in fragments(msg_id, data, ring.max_message_size):
-        with ring.reserve(len(head) + len(piece)) as buf:
-            buf[: len(head)] = head
-            buf[len(head) :] = piece
+    (``ShutDown``).  Stopped half-way (an exception, KeyboardInterrupt
+    say), it tells the receiver to drop the pieces sent so far."""
+    sent = False
+    try:
+        for head, piece in fragments(msg_id, data, ring.max_message_size):
+            with ring.reserve(len(head) + len(piece)) as buf:
+                buf[: len(head)] = head
+                buf[len(head) :] = piece
+            sent = True
+    except BaseException:
+        if sent:
+            try:
+                ring.put(abort_message(msg_id), timeout=_ABORT_WAIT)
+            except Exception:
+                pass  # no room for that long, or gone: the pieces go with the connection
+        raise
+
+
+async def _put_abort(ring: RingBuffer, msg_id: int) -> None:
+    try:
+        await ring.put_async(abort_message(msg_id), timeout=_ABORT_WAIT)
+    except Exception:
+        pass  # no room for that long, or gone: the pieces go with the connection
 
 
 async def put_fragments_async(ring: RingBuffer, msg_id: int, data: Any) -> None:
     """``put_fragments`` from an event loop.  Stopped half-way (cancelled),
-    it tells the receiver to drop the slices sent so far."""
+    it tells the receiver to drop the pieces sent so far: at once if there
+    is room, else from a task that waits for room."""
     sent = False
     try:
         for head, piece in fragments(msg_id, data, ring.max_message_size):
@@ -156,8 +181,12 @@ async def put_fragments_async(ring: RingBuffer, msg_id: int, data: Any) -> None:
         if sent:
             try:
                 ring.put_nowait(abort_message(msg_id))
+            except Full:
+                task = asyncio.ensure_future(_put_abort(ring, msg_id))
+                _ABORTS.add(task)
+                task.add_done_callback(_ABORTS.discard)
             except Exception:
-                pass  # the ring is full or gone: the slices go with the connection
+                pass  # gone: the pieces go with the connection
         raise
 
 
@@ -195,7 +224,7 @@ class LocalConnection:
         self.send_reply: Callable[..., None] = replies.put
         self.send_reply_async = replies.put_async
         # Requests larger than the ring arrive in fragments (fragments.py).
-        self.incoming = Reassembler()
+        self.incoming = Reassembler(requests.max_message_size)
         self._large_ids = itertools.count(1)
 
     def send_large_reply(self, data: Any) -> None:
@@ -394,7 +423,7 @@ class LocalClientTransport:
             raise
         self.max_message_size = min(self.requests.max_message_size, self.replies.max_message_size)
         # Replies larger than the ring arrive in fragments (fragments.py).
-        self.incoming = Reassembler()
+        self.incoming = Reassembler(self.replies.max_message_size)
         self._large_ids = itertools.count(1)
         self.recv_reply: Callable[..., bytes] = self.replies.get
         self.recv_replies: Callable[..., Any] = self.replies.get_many
