@@ -799,6 +799,21 @@ static int reap_in_the_way(struct pyipc_ring *r, int views, int64_t deadline, in
 	return n > 0;
 }
 
+/* Consumers wait behind reservations; producers behind views, and behind
+ * reservations for their space: reap_in_the_way() for what ``w`` waits
+ * behind.  1 reaped, 0 not, or a negative error. */
+static int reap_leases_in_the_way(struct pyipc_ring *r, enum want w, int64_t deadline, int *poll)
+{
+	int rc;
+
+	if (w == WANT_CONSUMED)
+		return 0;
+	rc = reap_in_the_way(r, 0, deadline, poll);
+	if (!rc && w == WANT_ROOM)
+		rc = reap_in_the_way(r, 1, deadline, poll);
+	return rc;
+}
+
 /*
  * Wait, without holding any lock, until ready(), shutdown, close, the
  * deadline or the end of this call's slice.  Producers (room, consumed)
@@ -820,13 +835,11 @@ static int sleep_until_ready(struct pyipc_ring *r, enum want w, uint64_t need, i
 
 
 	rc = slice_begin(deadline, &until);
-	if (rc == -EAGAIN && w != WANT_CONSUMED) {
+	if (rc == -EAGAIN) {
 		/* Non-blocking: no sleep, but a dead holder's lease in the way
 		 * ends now, as a dead holder's lock is taken over now.  Else a
 		 * caller that only ever polls would wait behind it for good. */
-		rc = reap_in_the_way(r, 0, deadline, &poll);
-		if (!rc && w == WANT_ROOM)
-			rc = reap_in_the_way(r, 1, deadline, &poll);
+		rc = reap_leases_in_the_way(r, w, deadline, &poll);
 		return rc > 0 ? 0 : rc < 0 ? rc : -EAGAIN;
 	}
 	if (rc)
@@ -842,15 +855,9 @@ static int sleep_until_ready(struct pyipc_ring *r, enum want w, uint64_t need, i
 				break;
 		}
 	}
-	/* Consumers wait behind reservations; producers behind views, and
-	 * behind reservations for their space. */
-	if (w != WANT_CONSUMED) {
-		rc = reap_in_the_way(r, 0, deadline, &poll);
-		if (!rc && w == WANT_ROOM)
-			rc = reap_in_the_way(r, 1, deadline, &poll);
-		if (rc)
-			return rc < 0 ? rc : 0;
-	}
+	rc = reap_leases_in_the_way(r, w, deadline, &poll);
+	if (rc)
+		return rc < 0 ? rc : 0;
 	v = atomic_fetch_or(evt, 1u) | 1u; /* announce a sleeper */
 	/* Pairs with wake_other(): see the comment there. */
 	atomic_thread_fence(memory_order_seq_cst);

@@ -7,15 +7,17 @@ published, and the space stays held, never reused, until the export is gone.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing as mp
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 import zlib
-from typing import Callable, List, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -339,25 +341,33 @@ else:
 """
 
 
+@contextlib.contextmanager
+def _lease_holder_then_sigkill(ring: RingBuffer, kind: str) -> Iterator[None]:
+    """A process inside a ``kind`` ("reserve" or "view") block on ``ring``
+    while the body runs, SIGKILLed (and reaped) when it ends."""
+    proc = subprocess.Popen([sys.executable, "-c", LEASE_WORKER, ring.name, kind], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"in\n"
+        yield
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["reserve", "view"])
 def test_killed_inside_a_lease(shm_name: Callable[[], str], kind: str) -> None:
     """A process SIGKILLed inside a reserve or view block: nothing torn appears, the others go on, the space comes back."""
-    import subprocess
-
     with RingBuffer(shm_name(), create=True, capacity=1 << 14) as ring:
         if kind == "view":
             ring.put_nowait(b"lost" * 2000)
-        proc = subprocess.Popen([sys.executable, "-c", LEASE_WORKER, ring.name, kind], stdout=subprocess.PIPE)
-        try:
-            assert proc.stdout is not None and proc.stdout.readline() == b"in\n"
+        with _lease_holder_then_sigkill(ring, kind):
             assert ring.info()["reserves" if kind == "reserve" else "views"] == 1
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         ring.put(b"after", timeout=5)
         assert ring.get(timeout=5) == b"after"
         with pytest.raises(Empty):
@@ -376,23 +386,13 @@ def test_non_blocking_calls_end_a_dead_holders_lease(shm_name: Callable[[], str]
     of, as a dead holder's lock is taken over: get_nowait gets the messages put after a dead
     reservation, put_nowait gets the space a dead view held.  Else a caller that only polls
     would wait behind it for good."""
-    import subprocess
-
     with RingBuffer(shm_name(), create=True, capacity=1 << 14) as ring:
         if kind == "view":
             ring.put_nowait(b"lost" * 2000)
-        proc = subprocess.Popen([sys.executable, "-c", LEASE_WORKER, ring.name, kind], stdout=subprocess.PIPE)
-        try:
-            assert proc.stdout is not None and proc.stdout.readline() == b"in\n"
+        with _lease_holder_then_sigkill(ring, kind):
             if kind == "reserve":
                 ring.put_nowait(b"after")  # committed, but behind the reservation
                 assert ring.check() == 0  # not yet takeable
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         if kind == "reserve":
             assert ring.get_nowait() == b"after"
         else:
